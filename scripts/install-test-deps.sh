@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install the real servers haul's store/integration tests run against (see tests/support/servers.py).
+# Idempotent: installs only what is missing. Runs as root on Debian 12.
+# Python packages are NOT installed here (the Makefile does the pip install).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+APT_PACKAGES=(
+    swift swift-proxy swift-account swift-container swift-object
+    memcached nginx-light curl redis-server aria2 rclone
+)
+AZURITE_VERSION="3.35.0" # 3.36+ needs Node >= 22
+
+log() { printf 'install-test-deps: %s\n' "$*"; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]})); then
+    if [[ $EUID -ne 0 ]]; then
+        log "need root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    log "apt packages already installed"
+fi
+
+# Debian's nginx/redis/memcached packages may try to start services; none are needed
+# (the tests start their own instances on random ports).
+
+if [[ -x tests/node/node_modules/.bin/azurite-blob ]]; then
+    log "azurite already installed"
+else
+    if ! command -v npm >/dev/null 2>&1; then
+        log "npm not found; install Node.js >= 20 first" >&2
+        exit 1
+    fi
+    log "npm install azurite@${AZURITE_VERSION}"
+    mkdir -p tests/node
+    npm install --prefix tests/node --no-audit --no-fund --loglevel=error \
+        "azurite@${AZURITE_VERSION}" >/dev/null
+fi
+
+log "done"

@@ -1,0 +1,60 @@
+"""Every string of the contract that other programs see, in one place.
+
+Task and queue names, event types, Redis key prefixes and on-disk names are part of
+``shared/contract.md``; nothing else in haul spells them out.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Celery tasks and their default queues (contract section 2).
+TASK_PREPARE_INPUTS: Final = "haul.prepare_inputs"
+TASK_STORE_OUTPUTS: Final = "haul.store_outputs"
+TASK_PURGE: Final = "haul.purge"
+QUEUE_INPUTS: Final = "haul.inputs"
+QUEUE_OUTPUTS: Final = "haul.outputs"
+QUEUE_CONTROL: Final = "haul.control"
+TASK_QUEUES: Final = {
+    TASK_PREPARE_INPUTS: QUEUE_INPUTS,
+    TASK_STORE_OUTPUTS: QUEUE_OUTPUTS,
+    TASK_PURGE: QUEUE_CONTROL,
+}
+
+# CloudEvents types (contract section 6).
+EV_INPUT_DOWNLOADED: Final = "haul.input.downloaded"
+EV_INPUT_CHANGED: Final = "haul.input.changed"
+EV_INPUT_SKIPPED: Final = "haul.input.skipped"
+EV_INPUTS_READY: Final = "haul.inputs.ready"
+EV_INPUTS_FAILED: Final = "haul.inputs.failed"
+EV_OUTPUT_STORED: Final = "haul.output.stored"
+EV_OUTPUT_REFUSED: Final = "haul.output.refused"
+EV_OUTPUTS_STORED: Final = "haul.outputs.stored"
+EV_OUTPUTS_FAILED: Final = "haul.outputs.failed"
+EV_DATUM_PURGED: Final = "haul.datum.purged"
+EV_MESSAGE_REJECTED: Final = "haul.message.rejected"
+EV_PROGRESS: Final = "haul.transfer.progress"
+EVENT_SOURCE: Final = "urn:haul:worker"
+
+# Redis keys. Everything haul keeps in Redis starts with "haul:".
+KEY_CHANGE_MEMORY: Final = "haul:inputs:last"  # :<project>:<url digest>
+KEY_DATUM: Final = "haul:datum"  # :<datum id> -> JSON record
+KEY_PROJECT_DATUMS: Final = "haul:datums"  # :<project> -> set of datum ids
+KEY_CONTENT_REFS: Final = "haul:refs"  # :<store>:<key digest> -> set of live datum ids
+KEY_LEASE: Final = "haul:lease"  # :<execution id> -> holder token
+KEY_DONE: Final = "haul:done"  # :<task>:<message digest> -> JSON summary of a finished run
+
+# On-disk names (contract section 3).
+INPUTS_DIR: Final = "inputs"
+OUTPUTS_DIR: Final = "outputs"
+CONFIG_DIR: Final = "config"
+INPUTS_JSON: Final = "inputs.json"
+HAUL_LOG: Final = "haul.log"
+EXECUTIONS_DIR: Final = "executions"
+PART_SUFFIX: Final = ".haul-part"
+PART_RECORD_SUFFIX: Final = ".haul-part.json"
+METADATA_SUFFIX: Final = ".metadata.json"
+
+# Keys inside a store (contract section 5).
+STORE_DATA_DIR: Final = "data"
+STORE_DATUMS_DIR: Final = "datums"

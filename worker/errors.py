@@ -1,0 +1,124 @@
+"""haul's exception tree.
+
+Every failure that haul reports has a stable ``code`` (it ends up in ``error.code`` of
+``haul.inputs.failed`` / ``haul.outputs.failed`` events) and a message that is safe to show:
+no credentials, no presigned query strings.
+
+::
+
+    HaulError
+    ├── ConfigError                 settings that cannot be used (raised at start)
+    ├── MessageError                a message that does not validate (never retried)
+    ├── UnsafePathError             a name, id or path that would leave its folder
+    ├── SourceError                 something wrong with where the bytes come from
+    │   ├── UnsupportedURL          a URL scheme or form haul does not read
+    │   ├── ForbiddenAddress        http(s) to loopback/private/link-local, refused
+    │   ├── MissingExtra            a store whose optional SDK is not installed
+    │   └── NoMatch                 a wildcard that matched nothing
+    └── StoreError                  one store operation failed (raised only by worker.stores)
+        ├── NotFound                the object or container does not exist
+        ├── AccessDenied            credentials missing or not allowed
+        ├── AlreadyExists           a conditional create found the key taken
+        ├── Changed                 the object changed under a pinned read (412 / new version)
+        ├── IntegrityError          bytes differ from what the server promised (size or checksum)
+        └── TransientError          worth retrying: 5xx, throttling, resets, timeouts
+
+Only the store modules catch SDK exceptions; they translate them at one boundary each.
+"""
+
+from __future__ import annotations
+
+
+class HaulError(Exception):
+    """Root of every error haul raises on purpose."""
+
+    code = "haul_error"
+    retryable = False
+
+
+class ConfigError(HaulError):
+    code = "config_error"
+
+
+class MessageError(HaulError):
+    code = "invalid_message"
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class UnsafePathError(HaulError):
+    code = "unsafe_path"
+
+
+class SourceError(HaulError):
+    code = "source_error"
+
+
+class UnsupportedURL(SourceError):
+    code = "unsupported_url"
+
+
+class ForbiddenAddress(SourceError):
+    code = "forbidden_address"
+
+
+class MissingExtra(SourceError):
+    code = "missing_extra"
+
+    def __init__(self, store_type: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"the {store_type} store needs the optional dependency {module!r}: "
+            f"pip install 'haul-worker[{extra}]'"
+        )
+
+
+class NoMatch(SourceError):
+    code = "no_match"
+
+
+class StoreError(HaulError):
+    code = "store_error"
+
+
+class NotFound(StoreError):
+    code = "not_found"
+
+
+class AccessDenied(StoreError):
+    code = "access_denied"
+
+
+class AlreadyExists(StoreError):
+    code = "already_exists"
+
+
+class Changed(StoreError):
+    """The object was replaced while it was being read; start the object over."""
+
+    code = "object_changed"
+    retryable = True
+
+
+class IntegrityError(StoreError):
+    """Bytes differ from what the server promised (size or checksum); retried, then failed."""
+
+    code = "integrity_error"
+    retryable = True
+
+
+class TransientError(StoreError):
+    code = "transient_error"
+    retryable = True
+
+
+class DiskFullError(HaulError):
+    code = "disk_full"
+
+
+class LeaseHeld(HaulError):
+    """Another live worker holds this execution; the message is retried later, not dropped."""
+
+    code = "lease_held"
+    retryable = True

@@ -1,0 +1,47 @@
+"""Keeping names, ids and paths inside their folders.
+
+Everything that turns a message field or a remote key into a local path goes through
+:func:`safe_join`, which refuses absolute paths, ``..``, NUL bytes and empty segments, and checks
+the result still lies under the base after normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from worker.errors import UnsafePathError
+
+_MAX_SEGMENT_BYTES = 255
+
+
+def clean_relative(rel: str) -> PurePosixPath:
+    """Relative POSIX path without `..`, `.`, empty or absolute parts, else UnsafePathError."""
+    if not rel or "\x00" in rel or "\\" in rel:
+        raise UnsafePathError(f"unsafe path {rel!r}")
+    if rel.startswith("/"):
+        raise UnsafePathError(f"absolute path not allowed: {rel!r}")
+    parts = rel.split("/")
+    for part in parts:
+        if part in {"", ".", ".."}:
+            raise UnsafePathError(f"path {rel!r} has an empty, '.' or '..' segment")
+        if len(part.encode()) > _MAX_SEGMENT_BYTES:
+            raise UnsafePathError(f"path segment longer than {_MAX_SEGMENT_BYTES} bytes in {rel!r}")
+    return PurePosixPath(*parts)
+
+
+def safe_join(base: Path, rel: str) -> Path:
+    """``base / rel`` when it stays inside ``base``; raise UnsafePathError otherwise."""
+    target = base.joinpath(*clean_relative(rel).parts)
+    base_real = os.path.realpath(base)
+    # realpath of the parent: a symlinked folder inside base must not lead out of it.
+    parent_real = os.path.realpath(target.parent)
+    if parent_real != base_real and not parent_real.startswith(base_real + os.sep):
+        raise UnsafePathError(f"path {rel!r} leaves its folder")
+    return target
+
+
+def is_within(base: Path, path: Path) -> bool:
+    base_real = os.path.realpath(base)
+    real = os.path.realpath(path)
+    return real == base_real or real.startswith(base_real + os.sep)

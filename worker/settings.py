@@ -1,0 +1,278 @@
+"""haul's settings: one validated object, read once at start (contract section 7).
+
+Sources, later ones win: the embedded defaults, the TOML file named by ``HAUL_CONFIG``, then
+``HAUL_*`` environment variables (nested keys joined with ``__``, e.g.
+``HAUL_STORES__LAKE__BUCKET``). :func:`load_settings` is the only place in haul that reads the
+environment; everything else receives a :class:`Settings`.
+
+Credentials are never in the file. The few a store takes from named environment variables
+(Azure connection string, Swift user/key) are read here, once, into :class:`SecretStr` values
+that never print.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "HAUL_"
+CONFIG_ENV = "HAUL_CONFIG"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalStoreConfig(_Strict):
+    type: Literal["local"]
+    path: Path
+
+
+class S3StoreConfig(_Strict):
+    type: Literal["s3"]
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+
+
+class AzureStoreConfig(_Strict):
+    type: Literal["azure"]
+    container: Annotated[str, Field(min_length=3, max_length=63)]
+    account_url: str | None = None
+    prefix: str = ""
+    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
+
+
+class GCSStoreConfig(_Strict):
+    type: Literal["gcs"]
+    bucket: Annotated[str, Field(min_length=3, max_length=222)]
+    prefix: str = ""
+    endpoint_url: str | None = None
+    project: str | None = None
+
+
+class SwiftStoreConfig(_Strict):
+    type: Literal["swift"]
+    auth_url: str
+    auth_version: Literal["1.0", "3"] = "1.0"
+    project: str
+    container: Annotated[str, Field(min_length=1, max_length=256)]
+    prefix: str = ""
+    user_env: str = "ST_USER"
+    key_env: str = "ST_KEY"
+
+
+StoreConfig = Annotated[
+    LocalStoreConfig | S3StoreConfig | AzureStoreConfig | GCSStoreConfig | SwiftStoreConfig,
+    Field(discriminator="type"),
+]
+
+
+class ProjectConfig(_Strict):
+    store: str
+
+
+class StoreSecrets(BaseModel):
+    """Credentials a store takes from named environment variables, captured at start."""
+
+    model_config = ConfigDict(frozen=True)
+    values: dict[str, SecretStr] = Field(default_factory=dict)
+
+    def get(self, name: str) -> str | None:
+        value = self.values.get(name)
+        return value.get_secret_value() if value is not None else None
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("haul", appauthor=False))
+
+
+class Settings(_Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    inputs_mount: str = "/valohai/inputs"
+    events_stream: str = "haul:events"
+    events_maxlen: Annotated[int, Field(ge=100)] = 100_000
+    default_store: str = "default"
+    broker_visibility_timeout_s: Annotated[int, Field(ge=10)] = 300
+    allow_private_addresses: bool = False
+
+    stores: dict[str, StoreConfig] = Field(default_factory=dict)
+    projects: dict[str, ProjectConfig] = Field(default_factory=dict)
+
+    # Transfer engine.
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    chunk_size_bytes: Annotated[int, Field(ge=64 * 1024, le=1024 * MiB)] = 8 * MiB
+    multipart_threshold_bytes: Annotated[int, Field(ge=0)] = 16 * MiB
+    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 16
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    http_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_redirects: Annotated[int, Field(ge=0, le=30)] = 10
+    cache_enabled: bool = True
+    cache_max_bytes: Annotated[int, Field(ge=0)] = 20 * GiB
+    progress_interval_s: Annotated[float, Field(gt=0)] = 5.0
+
+    # Worker process.
+    worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    task_time_limit_s: Annotated[int, Field(ge=60)] = 6 * 3600
+    lease_ttl_s: Annotated[int, Field(ge=3, le=3600)] = 30
+    lease_retry_s: Annotated[int, Field(ge=1)] = 30
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Credentials captured from the environment at start; never printed.
+    secrets: dict[str, StoreSecrets] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for name in self.stores:
+            if not _valid_name(name):
+                raise ValueError(f"stores.{name}: store names match {_NAME}")
+        if self.default_store not in self.all_stores():
+            raise ValueError(
+                f"default_store: {self.default_store!r} is not a declared store "
+                f"(declared: {', '.join(sorted(self.all_stores()))})"
+            )
+        for project, cfg in self.projects.items():
+            if cfg.store not in self.all_stores():
+                raise ValueError(f"projects.{project}.store: {cfg.store!r} is not a declared store")
+        return self
+
+    def all_stores(self) -> dict[str, StoreConfig]:
+        """Declared stores plus the embedded local default when none is named ``default``."""
+        stores: dict[str, StoreConfig] = {
+            "default": LocalStoreConfig(type="local", path=self.data_dir / "store")
+        }
+        stores.update(self.stores)
+        return stores
+
+    def store_for_project(self, project_id: str, requested: str | None = None) -> str:
+        if requested:
+            return requested
+        project = self.projects.get(project_id)
+        return project.store if project else self.default_store
+
+    @property
+    def executions_dir(self) -> Path:
+        return self.data_dir / "executions"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def store_secrets(self, name: str) -> StoreSecrets:
+        return self.secrets.get(name, StoreSecrets())
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(_NAME, name) is not None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: conflicts with {ENV_PREFIX}{part.upper()}")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{CONFIG_ENV}: no such file {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_ENV}: {path} is not valid TOML: {exc}") from exc
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic inserts ("stores.lake.s3.bucket").
+        loc = [str(p) for p in err["loc"]]
+        if (
+            len(loc) >= 3
+            and loc[0] == "stores"
+            and loc[2] in {"local", "s3", "azure", "gcs", "swift"}
+        ):
+            del loc[2]
+        key = ".".join(loc) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}" if not msg.startswith(key) else msg)
+    return "invalid settings: " + "; ".join(lines)
+
+
+def _capture_secrets(settings: Settings, environ: Mapping[str, str]) -> dict[str, StoreSecrets]:
+    secrets: dict[str, StoreSecrets] = {}
+    for name, cfg in settings.all_stores().items():
+        wanted: dict[str, str] = {}
+        if isinstance(cfg, AzureStoreConfig):
+            wanted["connection_string"] = cfg.connection_string_env
+        elif isinstance(cfg, SwiftStoreConfig):
+            wanted |= {"user": cfg.user_env, "key": cfg.key_env}
+            for os_var in (
+                "OS_USERNAME",
+                "OS_PASSWORD",
+                "OS_USER_DOMAIN_NAME",
+                "OS_PROJECT_DOMAIN_NAME",
+                "OS_PROJECT_NAME",
+                "OS_REGION_NAME",
+            ):
+                wanted[os_var.lower()] = os_var
+        values = {k: SecretStr(environ[v]) for k, v in wanted.items() if environ.get(v)}
+        secrets[name] = StoreSecrets(values=values)
+    return secrets
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build the one settings object; raise :class:`ConfigError` naming the bad key."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if path is not None:
+        data = _read_toml(path)
+    data = _merge(data, _env_overrides(env))
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    return settings.model_copy(update={"secrets": _capture_secrets(settings, env)})

@@ -1,0 +1,147 @@
+"""The interface every data store and byte source implements.
+
+An :class:`ObjectSource` can describe and read objects (HTTP(S) URLs, and every store). A
+:class:`Store` can also create objects without ever overwriting one, delete them, and keep small
+JSON records (datum records) next to the data.
+
+Keys are full keys inside the bucket / container / folder, the store's ``prefix`` included; the
+HTTP source's key is the whole URL. Backends raise only exceptions from :mod:`worker.errors`:
+each translates its SDK's errors at one boundary.
+
+Reads are *pinned*: :meth:`ObjectSource.read` takes the :class:`ObjectInfo` from a first
+:meth:`stat` and sends its version token with every range (If-Match on the ETag, a version id or
+a generation), so an object replaced mid-download raises :class:`~worker.errors.Changed` instead
+of mixing two versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store says about one object version."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    #: the token that pins ranged reads to this version (ETag, version id or generation)
+    version: str | None = None
+    last_modified: str | None = None  # ISO 8601, UTC
+    #: hex md5 the server states and that is known to equal the content, else None
+    md5: str | None = None
+    #: crc32c (as an unsigned int) the server states for the whole content, else None
+    crc32c: int | None = None
+    #: which checksum the content can be checked against, or why there is none
+    checksum_note: str = "none: the server states no content checksum"
+    #: True when ranged reads are possible (HTTP servers may ignore Range)
+    ranges: bool = True
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+class ByteStream(Protocol):
+    """A body being read: ``readinto`` returns 0 at the end. Callers check the byte count."""
+
+    def readinto(self, buffer: memoryview) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class StreamContext:
+    """Wraps a :class:`ByteStream` so it closes on every path (``with store.read(...)``)."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> ByteStream:
+        return self.stream
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stream.close()
+
+
+@runtime_checkable
+class ObjectSource(Protocol):
+    """Something haul can read objects from."""
+
+    #: the configured store name, or a short label for ad-hoc sources ("http")
+    name: str
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Describe the current version of ``key``; raise NotFound when absent."""
+        ...
+
+    def read(
+        self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
+    ) -> StreamContext:
+        """Open ``length`` bytes from ``start`` (``None``: to the end), pinned to ``pin``."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, paginated lazily, in key order."""
+        ...
+
+    def uri(self, key: str) -> str:
+        """The URL form of ``key`` (``s3://bucket/key``), never with credentials."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Store(ObjectSource, Protocol):
+    """A data store: also creates, deletes, and keeps JSON records."""
+
+    #: the store's configured key prefix, without a trailing slash ("" for none)
+    prefix: str
+
+    def create(self, key: str, path: Path, *, size: int, md5: str | None = None) -> None:
+        """Upload the file at ``path`` to ``key`` only if ``key`` does not exist.
+
+        Uses the store's conditional create (If-None-Match: *, if_generation_match=0, ...).
+        Raises AlreadyExists when the key is taken; never overwrites. ``md5`` (hex), when
+        given, lets the server reject bytes that differ from the ones that were hashed.
+        """
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` (every version of it on versioned stores); False if it was absent."""
+        ...
+
+    def put_record(self, key: str, data: bytes) -> None:
+        """Write a small JSON record, replacing an older one (records are not content)."""
+        ...
+
+    def get_record(self, key: str) -> bytes:
+        """Read a small record; raise NotFound when absent."""
+        ...
+
+
+def join_key(*parts: str) -> str:
+    """Join key parts with single slashes, dropping empty parts."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class SourceBase:
+    """Shared helpers for backends; ``with`` support and a no-op close."""
+
+    name: str = ""
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,173 @@
+"""Input URL forms (contract section 2), wildcard matching, and redaction.
+
+``redact_url`` is what every log line, event, ``haul.log`` and ``inputs.json`` shows: userinfo
+and credential-bearing query parameters (presigned S3/GCS/Azure signatures, tokens) are removed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from worker.errors import UnsupportedURL
+
+Scheme = Literal["s3", "azure", "gs", "swift", "http", "https", "datum", "file"]
+WILDCARD_CHARS = ("*", "?", "[")
+
+# Query parameters that carry credentials in presigned / SAS / token URLs (lower-case).
+_SECRET_PARAMS = {
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "signature",
+    "awsaccesskeyid",
+    "x-goog-signature",
+    "x-goog-credential",
+    "googleaccessid",
+    "sig",
+    "se",
+    "sp",
+    "sv",
+    "sr",
+    "st",
+    "skoid",
+    "sktid",
+    "skt",
+    "ske",
+    "sks",
+    "skv",
+    "spr",
+    "srt",
+    "ss",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "secret",
+    "auth",
+    "temp_url_sig",
+    "temp_url_expires",
+    "x-amz-date",
+    "x-amz-expires",
+    "x-amz-signedheaders",
+    "x-amz-algorithm",
+    "x-goog-date",
+    "x-goog-expires",
+    "x-goog-signedheaders",
+    "x-goog-algorithm",
+    "expires",
+    "policy",
+    "key-pair-id",
+}
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    scheme: Scheme
+    #: the container path: (bucket,) for s3/gs, (account, container) for azure,
+    #: (project, container) for swift, (host,) for http(s), () for datum/file
+    location: tuple[str, ...]
+    #: the key inside the container (may hold wildcards); the datum id; the file path
+    key: str
+    raw: str
+
+    @property
+    def has_wildcard(self) -> bool:
+        return self.scheme not in {"http", "https", "datum"} and any(c in self.key for c in ("*",))
+
+
+def parse_input_url(url: str) -> ParsedURL:
+    """Split an input URL into scheme, container and key; raise UnsupportedURL when malformed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise UnsupportedURL(f"not a URL: {redact_url(url)}")
+    scheme = scheme.lower()
+    if scheme in {"http", "https"}:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise UnsupportedURL(f"URL without a host: {redact_url(url)}")
+        return ParsedURL(scheme, (parts.hostname,), url, url)  # type: ignore[arg-type]
+    if scheme == "datum":
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", rest):
+            raise UnsupportedURL(f"not a datum id: {url}")
+        return ParsedURL("datum", (), rest, url)
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise UnsupportedURL(f"file URLs must be absolute: {url}")
+        return ParsedURL("file", (), unquote(rest), url)
+    segments = {"s3": 1, "gs": 1, "azure": 2, "swift": 2}.get(scheme)
+    if segments is None:
+        raise UnsupportedURL(f"unsupported URL scheme {scheme!r} in {redact_url(url)}")
+    parts_list = rest.split("/", segments)
+    if len(parts_list) <= segments or not all(parts_list[:segments]) or not parts_list[-1]:
+        shape = {
+            "s3": "s3://bucket/key",
+            "gs": "gs://bucket/key",
+            "azure": "azure://account/container/blob",
+            "swift": "swift://project/container/object",
+        }[scheme]
+        raise UnsupportedURL(f"{redact_url(url)} is not of the form {shape}")
+    return ParsedURL(scheme, tuple(parts_list[:segments]), parts_list[segments], url)  # type: ignore[arg-type]
+
+
+def redact_url(url: str) -> str:
+    """The URL without userinfo or credential query parameters; safe for logs and events."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        kept = [
+            (k, v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+            if k.lower() not in _SECRET_PARAMS and not k.lower().startswith(("x-amz-", "x-goog-"))
+        ]
+        query = urlencode(kept, quote_via=quote, safe="/:")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def wildcard_prefix(key: str) -> str:
+    """The literal part of ``key`` before its first wildcard (what a listing can ask for)."""
+    idx = min((key.find(c) for c in ("*",) if c in key), default=len(key))
+    return key[:idx]
+
+
+def suffix_base(key: str) -> str:
+    """The folder part before the first wildcard: ``keep_directories=suffix`` keeps what follows."""
+    prefix = wildcard_prefix(key)
+    return prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
+
+
+@lru_cache(maxsize=256)
+def wildcard_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` matches within one path segment, ``**`` across segments (``**/`` also matches none)."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def matches(pattern: str, key: str) -> bool:
+    return wildcard_regex(pattern).fullmatch(key) is not None

@@ -1,0 +1,38 @@
+"""Transfer tuning, validated once (it comes from :class:`worker.settings.Settings`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.settings import Settings
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    chunk_size_bytes: int = 8 * MiB
+    concurrency: int = 8
+    multipart_threshold_bytes: int = 16 * MiB
+    files_in_flight: int = 16
+    max_attempts: int = 5
+    progress_interval_s: float = 5.0
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.chunk_size_bytes < 64 * 1024:
+            raise ValueError("chunk_size_bytes must be at least 64 KiB")
+        if self.concurrency < 1 or self.files_in_flight < 1 or self.max_attempts < 1:
+            raise ValueError("concurrency, files_in_flight and max_attempts must be >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TransferConfig:
+        return cls(
+            chunk_size_bytes=settings.chunk_size_bytes,
+            concurrency=settings.concurrency,
+            multipart_threshold_bytes=settings.multipart_threshold_bytes,
+            files_in_flight=settings.files_in_flight,
+            max_attempts=settings.max_attempts,
+            progress_interval_s=settings.progress_interval_s,
+        )

@@ -1,0 +1,70 @@
+"""Progress of one transfer, reported at a bounded rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Progress:
+    label: str
+    bytes_done: int
+    bytes_total: int | None
+    rate_bytes_s: float
+    eta_s: float | None
+    final: bool = False
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class ProgressMeter:
+    """Counts bytes from any thread; calls ``report`` at most every ``interval_s`` seconds."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        report: ProgressFn | None,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.total = total
+        self._report = report
+        self._interval = interval_s
+        self._clock = clock
+        self._start = clock()
+        self._last = self._start
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._done += n
+            now = self._clock()
+            due = self._report is not None and now - self._last >= self._interval
+            if due:
+                self._last = now
+                snapshot = self._snapshot(now, final=False)
+        if due and self._report is not None:
+            self._report(snapshot)
+
+    def reset(self, done: int = 0) -> None:
+        with self._lock:
+            self._done = done
+
+    def finish(self) -> Progress:
+        with self._lock:
+            return self._snapshot(self._clock(), final=True)
+
+    def _snapshot(self, now: float, *, final: bool) -> Progress:
+        elapsed = max(now - self._start, 1e-9)
+        rate = self._done / elapsed
+        eta = None
+        if self.total is not None and rate > 0:
+            eta = max(self.total - self._done, 0) / rate
+        return Progress(self.label, self._done, self.total, rate, eta, final)

@@ -1,0 +1,5 @@
+"""haul's Celery app: ``celery -A tasks worker -Q haul.inputs,haul.outputs,haul.control``."""
+
+from tasks.app import app
+
+__all__ = ["app"]

@@ -550,7 +550,7 @@ def azurite_server(tmpdir: Path | str) -> Iterator[AzuriteServer]:
 
     def attempt(stack: contextlib.ExitStack) -> AzuriteServer:
         port = free_port()
-        cmd = [
+        cmd: list[str | os.PathLike[str]] = [
             AZURITE_BLOB,
             "--blobHost", HOST,
             "--blobPort", str(port),
@@ -611,7 +611,7 @@ def fake_gcs_server(tmpdir: Path | str) -> Iterator[FakeGcsServer]:
     def attempt(stack: contextlib.ExitStack) -> FakeGcsServer:
         port = free_port()
         endpoint = f"http://{HOST}:{port}"
-        cmd = [
+        cmd: list[str | os.PathLike[str]] = [
             binary,
             "-scheme", "http",
             "-host", HOST,
@@ -945,7 +945,8 @@ def nginx_server(tmpdir: Path | str, www_root: Path | str) -> Iterator[NginxServ
                 user_line="user root;" if os.geteuid() == 0 else "",
             )
         )
-        cmd = [nginx_bin, "-p", f"{base}/", "-c", conf, "-e", error_log]
+        cmd: list[str | os.PathLike[str]] = [nginx_bin, "-p", f"{base}/", "-c", conf]
+        cmd += ["-e", error_log]
         proc = stack.enter_context(_spawn(cmd, stdout_log, env=_base_env(), cwd=base))
         _wait_ready(_http_ok(port, "/healthz"), [proc], [stdout_log, error_log], "nginx")
         return NginxServer(

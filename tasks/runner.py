@@ -1,0 +1,111 @@
+"""The task boundary: validation, the execution lease, and failures turned into events.
+
+This is the one place where a broad ``except`` is allowed: whatever goes wrong in a job becomes
+an event with a code and a message, and the task ends with a JSON summary or a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from redis.exceptions import RedisError
+
+from worker.constants import EV_MESSAGE_REJECTED
+from worker.errors import HaulError, LeaseHeld, MessageError
+from worker.lease import Lease
+from worker.models import FieldProblem, MessageRejected, validate_message
+from worker.pipeline.runtime import Runtime
+
+log = logging.getLogger("haul.tasks")
+_runtime: tuple[int, Runtime] | None = None
+
+
+def runtime() -> Runtime:
+    """One Runtime per process (created after the prefork pool forks, never shared)."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        from tasks.app import settings
+
+        _runtime = (os.getpid(), Runtime.from_settings(settings))
+    return _runtime[1]
+
+
+def close_runtime() -> None:
+    global _runtime
+    if _runtime is not None and _runtime[0] == os.getpid():
+        _runtime[1].close()
+    _runtime = None
+
+
+def message_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The task takes one JSON object, positionally or as keyword arguments."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if not args and kwargs:
+        return kwargs
+    return list(args) if args else None
+
+
+def _digest(payload: Any) -> str:
+    try:
+        text = json.dumps(payload, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(payload)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reject(rt: Runtime, task_name: str, payload: Any, exc: MessageError) -> dict[str, Any]:
+    log.warning("rejected %s message: %s", task_name, exc)
+    rt.events.publish(
+        EV_MESSAGE_REJECTED,
+        None,
+        MessageRejected(
+            task=task_name,
+            reason=str(exc),
+            errors=[FieldProblem(**e) for e in exc.errors],
+        ),
+        task_name,
+        _digest(payload),
+    )
+    return {"status": "rejected", "task": task_name, "reason": str(exc), "errors": exc.errors}
+
+
+def run(
+    task: Task,
+    task_name: str,
+    model: Any,
+    job: Callable[[Runtime, Any], dict[str, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    lease_on: str | None,
+) -> dict[str, Any]:
+    rt = runtime()
+    payload = message_from(args, kwargs)
+    try:
+        msg = validate_message(model, payload)
+    except MessageError as exc:
+        return reject(rt, task_name, payload, exc)
+    lease: Lease | None = None
+    if lease_on is not None:
+        lease = Lease(rt.redis, f"{task_name}:{getattr(msg, lease_on)}", rt.settings.lease_ttl_s)
+        try:
+            lease.acquire()
+        except LeaseHeld as exc:
+            log.info("%s; retrying in %d s", exc, rt.settings.lease_retry_s)
+            raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
+    try:
+        return job(rt, msg)
+    except HaulError:
+        raise
+    except RedisError as exc:
+        log.exception("Redis failed during %s", task_name)
+        raise HaulError(f"Redis is unavailable: {type(exc).__name__}") from None
+    finally:
+        if lease is not None:
+            lease.release()

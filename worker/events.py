@@ -1,0 +1,87 @@
+"""CloudEvents 1.0 on a capped Redis Stream (contract section 6).
+
+Event ids are derived from the fact they describe (a UUIDv5 of the type and the fact's
+identity), so a redelivered task that publishes the same fact again publishes the same id, and
+consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from worker.constants import EVENT_SOURCE
+from worker.models import EVENT_DATA
+
+log = logging.getLogger(__name__)
+_NAMESPACE = uuid.UUID("6f0e3f0c-5a3c-4b57-9a39-6a61c1d0e2b7")
+
+
+class StreamClient(Protocol):
+    def xadd(self, name: str, fields: Any, *, maxlen: int | None, approximate: bool) -> Any: ...
+
+
+def event_id(event_type: str, *identity: str) -> str:
+    """The deterministic id of one fact: the same type and identity give the same id."""
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join((event_type, *identity))))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_event(
+    event_type: str, subject: str | None, data: BaseModel, identity: tuple[str, ...]
+) -> dict[str, Any]:
+    expected = EVENT_DATA[event_type]
+    if not isinstance(data, expected):
+        raise TypeError(f"{event_type} carries {expected.__name__}, not {type(data).__name__}")
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id(event_type, *identity),
+        "source": EVENT_SOURCE,
+        "type": event_type,
+        "time": now_iso(),
+        "datacontenttype": "application/json",
+        "data": data.model_dump(mode="json"),
+    }
+    if subject is not None:
+        event["subject"] = subject
+    return event
+
+
+class EventPublisher:
+    """Publishes events to the stream; every event also goes to the worker's log."""
+
+    def __init__(self, client: StreamClient, stream: str, maxlen: int) -> None:
+        self.client = client
+        self.stream = stream
+        self.maxlen = maxlen
+
+    def publish(
+        self, event_type: str, subject: str | None, data: BaseModel, *identity: str
+    ) -> dict[str, Any]:
+        event = build_event(event_type, subject, data, identity)
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        self.client.xadd(self.stream, {"event": payload}, maxlen=self.maxlen, approximate=True)
+        log.info("event %s %s", event_type, event["id"], extra={"event": event})
+        return event
+
+
+class MemoryPublisher(EventPublisher):
+    """Collects events in a list (``haul fetch`` and unit tests: no Redis)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def publish(
+        self, event_type: str, subject: str | None, data: BaseModel, *identity: str
+    ) -> dict[str, Any]:
+        event = build_event(event_type, subject, data, identity)
+        self.events.append(event)
+        return event

@@ -1,0 +1,139 @@
+"""Turning an input's URLs into the list of objects to fetch and where each one goes.
+
+``keep_directories`` (contract section 2): ``none`` keeps the file name, ``full`` the whole key
+below the bucket/container (for http(s): the URL path), ``suffix`` the part of the key below the
+folder that holds the first wildcard.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from worker.errors import NoMatch, NotFound, UnsafePathError, UnsupportedURL
+from worker.models import InputSpec
+from worker.paths import clean_relative
+from worker.pipeline.runtime import Runtime
+from worker.stores.base import ObjectInfo, ObjectSource
+from worker.urls import (
+    ParsedURL,
+    matches,
+    parse_input_url,
+    redact_url,
+    suffix_base,
+    wildcard_prefix,
+)
+
+Skipped = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    input: str
+    #: the redacted URL of this one object (a wildcard's expansion names each object)
+    url: str
+    source: ObjectSource
+    key: str
+    info: ObjectInfo | None
+    #: the file's path below inputs/<input>/
+    rel: str
+
+
+def _http_rel(url: str, keep: str) -> str:
+    path = unquote(urlsplit(url).path)
+    if keep == "full":
+        rel = path.strip("/")
+        return rel or (urlsplit(url).hostname or "index")
+    return posixpath.basename(path.rstrip("/")) or (urlsplit(url).hostname or "index")
+
+
+def _key_rel(key: str, keep: str, base: str) -> str:
+    if keep == "full":
+        return key
+    if keep == "suffix":
+        return key[len(base) :]
+    return posixpath.basename(key)
+
+
+def _checked(rel: str, url: str) -> str:
+    try:
+        return str(clean_relative(rel))
+    except UnsafePathError:
+        raise UnsafePathError(
+            f"{redact_url(url)} would be written to {rel!r}, which leaves the input folder"
+        ) from None
+
+
+def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
+    url = parse_input_url(raw)
+    shown = redact_url(raw)
+    if url.scheme in {"http", "https"}:
+        rel = _http_rel(raw, spec.keep_directories)
+        return [PlannedFile(spec.name, shown, runtime.http, raw, None, _checked(rel, raw))]
+    if url.scheme == "datum":
+        return [_datum(runtime, spec, url)]
+    source, key = runtime.source_for(url)
+    if url.has_wildcard:
+        found = [
+            info
+            for info in source.list(wildcard_prefix(key))
+            if matches(key, info.key) and not info.key.endswith("/")
+        ]
+        if not found:
+            raise NoMatch(f"{shown} matched no object")
+        base = suffix_base(key)
+        return [
+            PlannedFile(
+                spec.name,
+                redact_url(source.uri(info.key)),
+                source,
+                info.key,
+                info,
+                _checked(_key_rel(info.key, spec.keep_directories, base), raw),
+            )
+            for info in found
+        ]
+    rel = _key_rel(key, spec.keep_directories, posixpath.dirname(key) + "/")
+    return [PlannedFile(spec.name, shown, source, key, None, _checked(rel, raw))]
+
+
+def _datum(runtime: Runtime, spec: InputSpec, url: ParsedURL) -> PlannedFile:
+    try:
+        datum = runtime.datums.get(url.key)
+    except NotFound:
+        raise NotFound(f"{url.raw} is not a known datum") from None
+    if datum.purged:
+        raise NotFound(f"{url.raw} was purged")
+    store = runtime.store(datum.store)
+    rel = datum.path if spec.keep_directories == "full" else posixpath.basename(datum.path)
+    return PlannedFile(spec.name, url.raw, store, datum.key, None, _checked(rel, url.raw))
+
+
+def plan_input(runtime: Runtime, spec: InputSpec) -> tuple[list[PlannedFile], Skipped]:
+    """The files of one input, and (url, reason) of each missing file an optional input skips."""
+    files: list[PlannedFile] = []
+    skipped: Skipped = []
+    for raw in spec.urls:
+        try:
+            files.extend(_expand(runtime, spec, raw))
+        except (NotFound, NoMatch) as exc:
+            if not spec.optional:
+                raise
+            skipped.append((redact_url(raw), f"optional input missing: {exc}"))
+    if spec.filename is not None:
+        if len(files) > 1:
+            raise UnsupportedURL(
+                f"input {spec.name!r}: filename renames a single file, but the URLs give "
+                f"{len(files)} files"
+            )
+        files = [PlannedFile(f.input, f.url, f.source, f.key, f.info, spec.filename) for f in files]
+    seen: dict[str, str] = {}
+    for f in files:
+        if f.rel in seen:
+            raise UnsupportedURL(
+                f"input {spec.name!r}: {seen[f.rel]} and {f.url} would both be written to "
+                f"{f.rel!r}; use keep_directories 'full' or 'suffix'"
+            )
+        seen[f.rel] = f.url
+    return files, skipped

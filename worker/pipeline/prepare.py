@@ -1,0 +1,339 @@
+"""``haul.prepare_inputs``: download, hash, record and lay out an execution's inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.constants import (
+    CONFIG_DIR,
+    EV_INPUT_CHANGED,
+    EV_INPUT_DOWNLOADED,
+    EV_INPUT_SKIPPED,
+    EV_INPUTS_FAILED,
+    EV_INPUTS_READY,
+    HAUL_LOG,
+    INPUTS_DIR,
+    INPUTS_JSON,
+    OUTPUTS_DIR,
+    PART_RECORD_SUFFIX,
+    PART_SUFFIX,
+)
+from worker.errors import HaulError
+from worker.events import now_iso
+from worker.hashing import Digests
+from worker.models import (
+    ErrorInfo,
+    InputChanged,
+    InputDownloaded,
+    InputsFailed,
+    InputSkipped,
+    InputsReady,
+    PrepareInputs,
+    SeenContent,
+    SourceInfo,
+)
+from worker.paths import safe_join
+from worker.pipeline.plan import PlannedFile, plan_input
+from worker.pipeline.runtime import Runtime
+from worker.records.change_memory import Seen, change_message
+from worker.records.haul_log import HaulLog
+from worker.records.inputs_json import InputFile, write_inputs_json
+from worker.stores.base import ObjectInfo
+from worker.transfer.download import Downloaded, download
+from worker.transfer.progress import Progress
+
+log = logging.getLogger(__name__)
+_DONE_TTL_S = 30 * 24 * 3600
+
+
+class InputsFailedError(HaulError):
+    """The task's failure after ``haul.inputs.failed`` was published."""
+
+    code = "inputs_failed"
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    planned: PlannedFile
+    result: Downloaded
+    shown_path: str
+
+
+def _done_key(execution_id: str) -> str:
+    return f"haul:inputs:files:{execution_id}"
+
+
+class _Job:
+    def __init__(
+        self, runtime: Runtime, msg: PrepareInputs, progress: Callable[[Progress], None] | None
+    ) -> None:
+        self.rt = runtime
+        self.msg = msg
+        self.progress = progress
+        self.exec_dir = runtime.execution_dir(msg.execution_id)
+        self.inputs_dir = self.exec_dir / INPUTS_DIR
+        self.haul_log = HaulLog(self.exec_dir / HAUL_LOG)
+        self.mount = runtime.settings.inputs_mount.rstrip("/")
+        self.changed: list[dict[str, str]] = []
+
+    # ------------------------------------------------------------------ layout
+    def lay_out(self) -> None:
+        for sub in (INPUTS_DIR, OUTPUTS_DIR, CONFIG_DIR):
+            (self.exec_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def dest(self, f: PlannedFile) -> Path:
+        folder = safe_join(self.inputs_dir, f.input)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = safe_join(folder, f.rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The parent may now exist; check again that no symlink leads it out.
+        return safe_join(folder, f.rel)
+
+    def shown_path(self, f: PlannedFile) -> str:
+        return f"{self.mount}/{f.input}/{f.rel}"
+
+    # ------------------------------------------------------------------ one file
+    def fetch(self, f: PlannedFile) -> _Fetched:
+        dest = self.dest(f)
+        shown = self.shown_path(f)
+        field = f"{f.input}/{f.rel}"
+        reused = self._reuse(field, dest, f)
+        if reused is not None:
+            return _Fetched(f, reused, shown)
+        result = download(
+            f.source,
+            f.key,
+            dest,
+            self.rt.transfer,
+            info=f.info,
+            label=shown,
+            progress=self.progress,
+        )
+        record = {
+            **result.digests.as_dict(),
+            "size": result.digests.size,
+            "url": f.url,
+            "etag": result.info.etag,
+            "version": result.info.version,
+            "last_modified": result.info.last_modified,
+            "checksum": result.info.checksum_note,
+        }
+        pipe = self.rt.redis.pipeline()
+        pipe.hset(_done_key(self.msg.execution_id), field, json.dumps(record))
+        pipe.expire(_done_key(self.msg.execution_id), _DONE_TTL_S)
+        pipe.execute()
+        return _Fetched(f, result, shown)
+
+    def _reuse(self, field: str, dest: Path, f: PlannedFile) -> Downloaded | None:
+        """A redelivered message: the file is already complete at its final name."""
+        raw = self.rt.redis.hget(_done_key(self.msg.execution_id), field)
+        if raw is None or not dest.is_file():
+            return None
+        rec = json.loads(raw)
+        if rec.get("url") != f.url or dest.stat().st_size != rec["size"]:
+            return None
+        info = ObjectInfo(
+            key=f.key,
+            size=rec["size"],
+            etag=rec.get("etag"),
+            version=rec.get("version"),
+            last_modified=rec.get("last_modified"),
+            checksum_note=rec.get("checksum") or "",
+        )
+        digests = Digests(rec["md5"], rec["sha1"], rec["sha256"], rec["size"])
+        return Downloaded(digests, info, 0.0, cached=True)
+
+    # ------------------------------------------------------------------ records
+    def record(self, fetched: _Fetched) -> InputFile:
+        f, result, shown = fetched.planned, fetched.result, fetched.shown_path
+        d = result.digests
+        self.haul_log.file(shown, d)
+        ids = (self.msg.execution_id, f.input, f.rel)
+        self.rt.events.publish(
+            EV_INPUT_DOWNLOADED,
+            self.msg.execution_id,
+            InputDownloaded(
+                execution_id=self.msg.execution_id,
+                project_id=self.msg.project_id,
+                input=f.input,
+                url=f.url,
+                path=shown,
+                size=d.size,
+                md5=d.md5,
+                sha1=d.sha1,
+                sha256=d.sha256,
+                cached=result.cached,
+                seconds=round(result.seconds, 3),
+                source=SourceInfo(
+                    etag=result.info.etag,
+                    version=result.info.version,
+                    last_modified=result.info.last_modified,
+                    checksum=result.info.checksum_note or None,
+                ),
+            ),
+            *ids,
+        )
+        self.check_change(f, d, shown)
+        return InputFile(f.rel, shown, d.size, f.url, d)
+
+    def check_change(self, f: PlannedFile, d: Digests, shown: str) -> None:
+        seen = Seen(d.md5, d.sha1, d.sha256, d.size, self.msg.execution_id, now_iso())
+        previous = self.rt.changes.record(self.msg.project_id, f.url, seen)
+        if previous is None:
+            return
+        self.changed.append({"input": f.input, "url": f.url, "path": shown})
+        message = change_message(f.url, previous, seen)
+        self.haul_log.line(shown, f"warning: {message}")
+        log.warning("input changed: %s", message)
+        self.rt.events.publish(
+            EV_INPUT_CHANGED,
+            self.msg.execution_id,
+            InputChanged(
+                execution_id=self.msg.execution_id,
+                project_id=self.msg.project_id,
+                input=f.input,
+                url=f.url,
+                message=message,
+                previous=SeenContent(**previous.__dict__),
+                current=SeenContent(**seen.__dict__),
+            ),
+            self.msg.execution_id,
+            f.input,
+            f.rel,
+        )
+
+    def skipped(self, name: str, url: str, reason: str) -> None:
+        self.haul_log.line(f"{self.mount}/{name}", f"skipped {url}: {reason}")
+        self.rt.events.publish(
+            EV_INPUT_SKIPPED,
+            self.msg.execution_id,
+            InputSkipped(execution_id=self.msg.execution_id, input=name, url=url, reason=reason),
+            self.msg.execution_id,
+            name,
+            url,
+        )
+
+    def sweep_parts(self) -> None:
+        """After a failure no ``.haul-part`` may stay behind (contract section 3)."""
+        for dirpath, _dirs, files in os.walk(self.inputs_dir):
+            for name in files:
+                if name.endswith((PART_SUFFIX, PART_RECORD_SUFFIX)):
+                    Path(dirpath, name).unlink(missing_ok=True)
+
+    def failed(
+        self, exc: HaulError, f: PlannedFile | None, input_name: str | None, url: str | None
+    ) -> None:
+        self.sweep_parts()
+        self.rt.events.publish(
+            EV_INPUTS_FAILED,
+            self.msg.execution_id,
+            InputsFailed(
+                execution_id=self.msg.execution_id,
+                project_id=self.msg.project_id,
+                input=f.input if f else input_name,
+                url=f.url if f else url,
+                error=ErrorInfo(code=exc.code, message=str(exc)),
+            ),
+            self.msg.execution_id,
+        )
+        where = f"{self.mount}/{f.input}/{f.rel}" if f else f"{self.mount}/{input_name or ''}"
+        self.haul_log.line(where, f"failed: {exc}")
+
+
+def prepare_inputs(
+    runtime: Runtime,
+    msg: PrepareInputs,
+    progress: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    job = _Job(runtime, msg, progress)
+    job.lay_out()
+
+    # Plan every input first: a bad URL fails the task before any byte moves.
+    planned: dict[str, list[PlannedFile]] = {}
+    skipped: list[dict[str, str]] = []
+    for spec in msg.inputs:
+        try:
+            files, skips = plan_input(runtime, spec)
+        except HaulError as exc:
+            job.failed(exc, None, spec.name, None)
+            raise InputsFailedError(f"input {spec.name!r}: {exc}") from exc
+        planned[spec.name] = files
+        for url, reason in skips:
+            job.skipped(spec.name, url, reason)
+            skipped.append({"input": spec.name, "url": url, "reason": reason})
+
+    results: dict[str, list[InputFile]] = {name: [] for name in planned}
+    order = {id(f): i for i, f in enumerate(f for files in planned.values() for f in files)}
+    fetched: list[_Fetched] = []
+    everything = [f for files in planned.values() for f in files]
+    with ThreadPoolExecutor(
+        max_workers=runtime.transfer.files_in_flight, thread_name_prefix="haul-file"
+    ) as pool:
+        futures: dict[Future[_Fetched], PlannedFile] = {
+            pool.submit(job.fetch, f): f for f in everything
+        }
+        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for fut in pending:
+            fut.cancel()
+        failure: tuple[HaulError, PlannedFile] | None = None
+        for fut in futures:
+            if fut.cancelled():
+                continue
+            error = fut.exception()
+            if error is None:
+                fetched.append(fut.result())
+            elif failure is None:
+                if not isinstance(error, HaulError):
+                    job.sweep_parts()
+                    raise error
+                failure = (error, futures[fut])
+    if failure is not None:
+        error, bad = failure
+        job.failed(error, bad, None, None)
+        raise InputsFailedError(f"input {bad.input!r}: {error}") from error
+
+    fetched.sort(key=lambda x: order[id(x.planned)])
+    for item in fetched:
+        results[item.planned.input].append(job.record(item))
+    write_inputs_json(job.exec_dir / CONFIG_DIR / INPUTS_JSON, results)
+
+    total = sum(item.result.digests.size for item in fetched)
+    seconds = round(time.monotonic() - started, 3)
+    runtime.events.publish(
+        EV_INPUTS_READY,
+        msg.execution_id,
+        InputsReady(
+            execution_id=msg.execution_id,
+            project_id=msg.project_id,
+            files=len(fetched),
+            bytes=total,
+            seconds=seconds,
+        ),
+        msg.execution_id,
+    )
+    return {
+        "status": "ready",
+        "execution_id": msg.execution_id,
+        "project_id": msg.project_id,
+        "files": len(fetched),
+        "bytes": total,
+        "seconds": seconds,
+        "inputs": {
+            name: [
+                {"name": f.name, "path": f.path, "size": f.size, "sha256": f.digests.sha256}
+                for f in files
+            ]
+            for name, files in results.items()
+        },
+        "skipped": skipped,
+        "changed": job.changed,
+    }

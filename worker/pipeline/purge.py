@@ -1,0 +1,52 @@
+"""``haul.purge``: remove datums on explicit request, keeping content others still use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.constants import EV_DATUM_PURGED
+from worker.errors import NotFound
+from worker.events import now_iso
+from worker.models import DatumPurged, Purge
+from worker.pipeline.runtime import Runtime
+
+
+def purge(runtime: Runtime, msg: Purge) -> dict[str, Any]:
+    purged: list[dict[str, Any]] = []
+    unknown: list[str] = []
+    for datum_id in dict.fromkeys(msg.datum_ids):
+        try:
+            datum = runtime.datums.get(datum_id)
+        except NotFound:
+            unknown.append(datum_id)
+            continue
+        if datum.project_id != msg.project_id:
+            # Another project's datum is not this project's to purge; say so like a miss.
+            unknown.append(datum_id)
+            continue
+        store = runtime.store(datum.store)
+        with runtime.datums.content_lock(datum.store, datum.key):
+            updated, live = runtime.datums.mark_purged(datum, now_iso())
+            content_removed = live == 0
+            if content_removed:
+                store.delete(datum.key)
+            runtime.datums.write_store_record(store, updated)
+        runtime.events.publish(
+            EV_DATUM_PURGED,
+            None,
+            DatumPurged(
+                project_id=msg.project_id,
+                datum_id=datum_id,
+                key=datum.key,
+                content_removed=content_removed,
+            ),
+            msg.project_id,
+            datum_id,
+        )
+        purged.append({"datum_id": datum_id, "key": datum.key, "content_removed": content_removed})
+    return {
+        "status": "purged",
+        "project_id": msg.project_id,
+        "purged": purged,
+        "unknown": unknown,
+    }

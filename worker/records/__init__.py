@@ -1,0 +1,1 @@
+"""What haul remembers and writes down: haul.log, inputs.json, change memory, datum records."""

@@ -1,0 +1,37 @@
+"""``config/inputs.json``: what the execution finds where (contract section 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.hashing import Digests
+
+
+@dataclass(frozen=True)
+class InputFile:
+    name: str
+    path: str  # as the execution sees it: <inputs_mount>/<input>/<file>
+    size: int
+    uri: str  # redacted
+    digests: Digests
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "uri": self.uri,
+            "checksums": self.digests.as_dict(),
+        }
+
+
+def write_inputs_json(path: Path, inputs: dict[str, list[InputFile]]) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    doc = {name: {"files": [f.as_json() for f in files]} for name, files in inputs.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,93 @@
+"""Settings come from TOML and HAUL_* env, are validated once, and bad values name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import LocalStoreConfig, S3StoreConfig, load_settings
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    s = load_settings({"HAUL_DATA_DIR": str(tmp_path)})
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.inputs_mount == "/valohai/inputs"
+    assert (s.events_stream, s.events_maxlen) == ("haul:events", 100000)
+    assert s.default_store == "default"
+    assert s.broker_visibility_timeout_s == 300
+    assert s.allow_private_addresses is False
+    default = s.all_stores()["default"]
+    assert isinstance(default, LocalStoreConfig)
+    assert default.path == tmp_path / "store"
+
+
+def test_toml_then_env_wins(tmp_path: Path) -> None:
+    cfg = tmp_path / "haul.toml"
+    cfg.write_text(
+        """
+events_maxlen = 5000
+[stores.lake]
+type = "s3"
+bucket = "ml-data"
+prefix = "haul"
+[projects.proj-42]
+store = "lake"
+"""
+    )
+    s = load_settings(
+        {
+            "HAUL_CONFIG": str(cfg),
+            "HAUL_EVENTS_MAXLEN": "7000",
+            "HAUL_STORES__LAKE__REGION": "eu-north-1",
+            "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
+        }
+    )
+    lake = s.stores["lake"]
+    assert isinstance(lake, S3StoreConfig)
+    assert (lake.bucket, lake.prefix, lake.region) == ("ml-data", "haul", "eu-north-1")
+    assert s.events_maxlen == 7000
+    assert s.allow_private_addresses is True
+    assert s.store_for_project("proj-42") == "lake"
+    assert s.store_for_project("other") == "default"
+    assert s.store_for_project("proj-42", "default") == "default"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"HAUL_EVENTS_MAXLEN": "lots"}, "events_maxlen"),
+        ({"HAUL_BROKER_VISIBILITY_TIMEOUT_S": "1"}, "broker_visibility_timeout_s"),
+        ({"HAUL_DEFAULT_STORE": "nowhere"}, "default_store"),
+        ({"HAUL_STORES__LAKE__TYPE": "s3"}, "stores.lake.bucket"),
+        ({"HAUL_STORES__LAKE__TYPE": "ftp"}, "stores.lake"),
+        ({"HAUL_PROJECTS__P__STORE": "nowhere"}, "projects.p.store"),
+        ({"HAUL_CHUNK_SIZE_BYTES": "10"}, "chunk_size_bytes"),
+        ({"HAUL_NO_SUCH_SETTING": "1"}, "no_such_setting"),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert key in str(info.value)
+
+
+def test_missing_and_broken_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings({"HAUL_CONFIG": str(tmp_path / "nope.toml")})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({"HAUL_CONFIG": str(bad)})
+
+
+def test_credentials_are_captured_but_never_printed(tmp_path: Path) -> None:
+    s = load_settings(
+        {
+            "HAUL_STORES__BLOB__TYPE": "azure",
+            "HAUL_STORES__BLOB__CONTAINER": "models",
+            "AZURE_STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=SUPERSECRET",
+        }
+    )
+    assert s.store_secrets("blob").get("connection_string") is not None
+    assert "SUPERSECRET" not in repr(s)
+    assert "SUPERSECRET" not in s.model_dump_json()

@@ -58,7 +58,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": vt},
         # SIGTERM (remapped to a cold shutdown by `haul worker`) first waits this long for
         # running tasks, then requeues them: a soft shutdown.
-        "worker_soft_shutdown_timeout": 25.0,
+        "worker_soft_shutdown_timeout": s.shutdown_grace_s,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,

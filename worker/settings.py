@@ -131,6 +131,8 @@ class Settings(_Strict):
     task_time_limit_s: Annotated[int, Field(ge=60)] = 6 * 3600
     lease_ttl_s: Annotated[int, Field(ge=3, le=3600)] = 30
     lease_retry_s: Annotated[int, Field(ge=1)] = 30
+    #: on SIGTERM, how long running tasks may go on before they are requeued
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 25.0
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -186,7 +186,7 @@ class _Job:
 
     def check_change(self, f: PlannedFile, d: Digests, shown: str) -> None:
         seen = Seen(d.md5, d.sha1, d.sha256, d.size, self.msg.execution_id, now_iso())
-        previous = self.rt.changes.record(self.msg.project_id, f.url, seen)
+        previous, seen = self.rt.changes.record(self.msg.project_id, f.url, seen)
         if previous is None:
             return
         self.changed.append({"input": f.input, "url": f.url, "path": shown})

@@ -22,16 +22,18 @@ local doc = {}
 if raw then doc = cjson.decode(raw) end
 local new = cjson.decode(ARGV[1])
 local compare = nil
-if doc['last'] and doc['last']['execution_id'] == new['execution_id'] then
+local last = doc['last']
+if last and last['execution_id'] == new['execution_id'] then
   compare = doc['before']
+  -- the same execution again (a redelivery): keep the first sighting when nothing changed
+  if last['sha256'] == new['sha256'] and last['size'] == new['size'] then new = last end
 else
-  compare = doc['last']
-  doc['before'] = doc['last']
+  compare = last
+  doc['before'] = last
 end
 doc['last'] = new
 redis.call('SET', KEYS[1], cjson.encode(doc))
-if compare then return cjson.encode(compare) end
-return false
+return cjson.encode({previous = compare or false, current = new})
 """
 
 
@@ -61,13 +63,19 @@ class ChangeMemory:
     def __init__(self, client: ScriptClient) -> None:
         self._record = client.register_script(_RECORD)
 
-    def record(self, project_id: str, url: str, seen: Seen) -> Seen | None:
-        """Remember ``seen``; return the previous sighting when its content differs."""
+    def record(self, project_id: str, url: str, seen: Seen) -> tuple[Seen | None, Seen]:
+        """Remember ``seen``; return (the previous sighting if its content differs, current).
+
+        ``current`` is ``seen``, or the first sighting of this same execution when a
+        redelivered message records the same content again (so events repeat exactly).
+        """
         raw = self._record(keys=[memory_key(project_id, url)], args=[json.dumps(asdict(seen))])
-        if not raw:
-            return None
-        previous = Seen(**json.loads(raw))
-        return None if previous.same_content(seen) else previous
+        doc = json.loads(raw)
+        current = Seen(**doc["current"])
+        if not doc["previous"]:
+            return None, current
+        previous = Seen(**doc["previous"])
+        return (None if previous.same_content(current) else previous), current
 
 
 def change_message(url: str, previous: Seen, current: Seen) -> str:

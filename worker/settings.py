@@ -247,6 +247,9 @@ def _capture_secrets(settings: Settings, environ: Mapping[str, str]) -> dict[str
         wanted: dict[str, str] = {}
         if isinstance(cfg, AzureStoreConfig):
             wanted["connection_string"] = cfg.connection_string_env
+        elif isinstance(cfg, GCSStoreConfig):
+            # The SDK honours it too; captured here so the store sees it without reading env.
+            wanted["storage_emulator_host"] = "STORAGE_EMULATOR_HOST"
         elif isinstance(cfg, SwiftStoreConfig):
             wanted |= {"user": cfg.user_env, "key": cfg.key_env}
             for os_var in (

@@ -1,0 +1,353 @@
+"""Azure Blob Storage stores (azure-storage-blob, sync client).
+
+- Credentials: the connection string from the store's secrets (``connection_string``), else
+  ``account_url`` with ``DefaultAzureCredential`` (azure-identity, imported only then).
+- ``stat`` is Get Blob Properties; ``md5`` is the blob's Content-MD5 when one is stored (single-shot
+  uploads, and block uploads that set it, as :meth:`AzureStore.create` does).
+- Reads are ranged downloads pinned with ``etag`` + ``MatchConditions.IfNotModified``: a
+  replaced blob answers 412, raised as :class:`~worker.errors.Changed`.
+- ``create`` never overwrites: ``upload_blob(overwrite=False)`` for small files, parallel
+  ``stage_block`` + ``commit_block_list(match_condition=IfMissing)`` for large ones, with the
+  file's md5 set as the blob's Content-MD5. Azure answers 409 BlobAlreadyExists (not 412):
+  :class:`~worker.errors.AlreadyExists`.
+
+The SDK's retry policy is switched off; transient errors are retried by
+:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`
+only, from the status and error code: Azure's error *messages* can quote the request signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    IncompleteReadError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
+
+from worker.errors import (
+    AccessDenied,
+    AlreadyExists,
+    Changed,
+    IntegrityError,
+    MissingExtra,
+    NotFound,
+    StoreError,
+    TransientError,
+)
+from worker.settings import AzureStoreConfig, Settings, StoreSecrets
+from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._stream import CountedStream, range_end
+from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Op = Literal["read", "create", "other"]
+MiB = 1024 * 1024
+MAX_BLOCKS = 50_000
+
+_DENIED_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch"}
+_BAD_DIGEST = {"Md5Mismatch", "InvalidMd5", "Crc64Mismatch"}
+
+
+def _translate(exc: AzureError, where: str, op: Op) -> StoreError:
+    """The one place azure-core exceptions become haul errors (status and code only)."""
+    if isinstance(exc, IncompleteReadError):
+        return IntegrityError(f"{where}: the body ended early")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return TransientError(f"{where}: connection failed ({type(exc).__name__})")
+    status = int(getattr(exc, "status_code", None) or 0)
+    raw_code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(raw_code, "value", raw_code))  # a str, or a StorageErrorCode enum
+    # The message is only inspected, never repeated: it can quote the request's signature.
+    says_md5 = "md5" in str(getattr(exc, "message", "") or "").lower()
+    detail = f"{code or type(exc).__name__}, HTTP {status}" if status else type(exc).__name__
+    if code == "ContainerNotFound":
+        return NotFound(f"{where}: the container does not exist ({detail})")
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return NotFound(f"{where}: no such blob ({detail})")
+    if isinstance(exc, ClientAuthenticationError) or code in _DENIED_CODES or status in (401, 403):
+        return AccessDenied(f"{where}: access denied ({detail})")
+    if code == "BlobAlreadyExists" or (isinstance(exc, ResourceExistsError) and op == "create"):
+        return AlreadyExists(f"{where}: the blob already exists ({detail})")
+    if isinstance(exc, ResourceModifiedError) or status == 412:
+        if op == "create":
+            return AlreadyExists(f"{where}: the blob already exists ({detail})")
+        return Changed(f"{where}: the blob changed since it was first seen ({detail})")
+    if code in _BAD_DIGEST or (status == 400 and says_md5):  # azurite: InvalidOperation
+        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
+    if status in (408, 429) or status >= 500:
+        return TransientError(f"{where}: temporary server error ({detail})")
+    return StoreError(f"{where}: request failed ({detail})")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _default_credential() -> Any:
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise MissingExtra(
+            "azure (account_url without a connection string)", "azure", "azure.identity"
+        ) from None
+    return DefaultAzureCredential()
+
+
+class AzureStore(SourceBase):
+    """One container (and key prefix) of an Azure storage account."""
+
+    def __init__(
+        self,
+        name: str,
+        container: str,
+        *,
+        prefix: str = "",
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        credential: Any = None,
+        api_version: str | None = None,
+        multipart_threshold_bytes: int = 16 * MiB,
+        part_size_bytes: int = 8 * MiB,
+        concurrency: int = 8,
+        page_size: int = 5000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.container = container
+        self.prefix = prefix.strip("/")
+        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.part_size_bytes = part_size_bytes
+        self.concurrency = max(1, concurrency)
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        opts: dict[str, Any] = {
+            "retry_total": 0,
+            "max_single_get_size": 32 * MiB,
+            "max_chunk_get_size": 32 * MiB,
+            "max_single_put_size": max(multipart_threshold_bytes, 1),
+            "max_block_size": part_size_bytes,
+        }
+        if api_version:
+            opts["api_version"] = api_version
+        with self._sdk(""):
+            if connection_string:
+                service = BlobServiceClient.from_connection_string(connection_string, **opts)
+            elif account_url:
+                cred = credential if credential is not None else _default_credential()
+                service = BlobServiceClient(account_url, credential=cred, **opts)
+            else:
+                raise StoreError(f"azure store {name!r}: needs a connection string or account_url")
+        self.account = str(service.account_name)
+        self._service = service
+        self._container = service.get_container_client(container)
+
+    # -- the translation boundary ------------------------------------------------------------
+
+    def _where(self, key: str) -> str:
+        return self.uri(key) if key else f"azure://{self.account}/{self.container}"
+
+    @contextmanager
+    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
+        try:
+            yield
+        except AzureError as exc:
+            where = self._where(key) if hasattr(self, "account") else f"azure store {self.name!r}"
+            raise _translate(exc, where, op) from None
+
+    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
+        def once() -> T:
+            with self._sdk(key, op):
+                return fn()
+
+        return call_with_retry(once, self.retry)
+
+    def _blob(self, key: str) -> Any:
+        return self._container.get_blob_client(key)
+
+    # -- ObjectSource ------------------------------------------------------------------------
+
+    def uri(self, key: str) -> str:
+        return f"azure://{self.account}/{self.container}/{key}"
+
+    def stat(self, key: str) -> ObjectInfo:
+        props = self._call(lambda: self._blob(key).get_blob_properties(), key)
+        return self._info(key, props)
+
+    @staticmethod
+    def _info(key: str, props: Any) -> ObjectInfo:
+        raw_md5 = props.content_settings.content_md5 if props.content_settings else None
+        md5 = bytes(raw_md5).hex() if raw_md5 else None
+        note = "md5: Content-MD5" if md5 else "none: the blob has no Content-MD5 (block upload)"
+        etag = str(props.etag) if props.etag else None
+        return ObjectInfo(
+            key=key,
+            size=int(props.size),
+            etag=etag.strip('"') if etag else None,
+            version=etag,
+            last_modified=_iso(props.last_modified),
+            md5=md5,
+            checksum_note=note,
+            extra={"version_id": str(props.version_id)} if props.version_id else {},
+        )
+
+    def read(
+        self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
+    ) -> StreamContext:
+        info = pin or self.stat(key)
+        end = range_end(start, length, info.size)
+        if end == start:
+            return StreamContext(CountedStream(iter(()), expected=0, what="", guard=self._nothing))
+        kwargs: dict[str, Any] = {"offset": start, "length": end - start, "max_concurrency": 1}
+        if info.version:
+            kwargs |= {"etag": info.version, "match_condition": MatchConditions.IfNotModified}
+        downloader = self._call(lambda: self._blob(key).download_blob(**kwargs), key, "read")
+        stream = CountedStream(
+            downloader.chunks(),
+            expected=end - start,
+            what=self.uri(key),
+            guard=lambda: self._sdk(key, "read"),
+        )
+        return StreamContext(stream)
+
+    @contextmanager
+    def _nothing(self) -> Iterator[None]:
+        yield
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        pages = self._container.list_blobs(
+            name_starts_with=prefix or None, results_per_page=self.page_size
+        )
+        it = iter(pages)
+        while True:
+            with self._sdk(prefix):
+                props = next(it, None)
+            if props is None:
+                return
+            yield self._info(str(props.name), props)
+
+    # -- Store -------------------------------------------------------------------------------
+
+    def create(self, key: str, path: Path, *, size: int, md5: str | None = None) -> None:
+        settings = ContentSettings(content_md5=bytearray.fromhex(md5)) if md5 else None
+        if size < self.multipart_threshold_bytes:
+            self._put_single(key, path, size, settings)
+        else:
+            self._put_blocks(key, path, size, settings)
+
+    def _put_single(self, key: str, path: Path, size: int, settings: Any) -> None:
+        def put() -> None:
+            with path.open("rb") as fh:
+                self._blob(key).upload_blob(
+                    fh, length=size, overwrite=False, content_settings=settings, max_concurrency=1
+                )
+
+        self._call(put, key, "create")
+
+    def _put_blocks(self, key: str, path: Path, size: int, settings: Any) -> None:
+        # A HEAD first saves sending a large file whose key is taken; the commit's
+        # If-None-Match: * stays the real guard.
+        if self._exists(key):
+            raise AlreadyExists(f"{self.uri(key)}: the blob already exists")
+        block_size = max(self.part_size_bytes, -(-size // MAX_BLOCKS))
+        upload = uuid.uuid4().hex  # block ids unique to this upload: racing writers never mix
+        blocks = [
+            (
+                base64.b64encode(f"{upload}-{n:06d}".encode()).decode(),
+                off,
+                min(block_size, size - off),
+            )
+            for n, off in enumerate(range(0, size, block_size))
+        ]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="haul-az-block") as pool:
+                list(pool.map(lambda b: self._stage(key, fd, *b), blocks))
+        finally:
+            os.close(fd)
+        block_list = [BlobBlock(block_id=block_id) for block_id, _, _ in blocks]
+        self._call(
+            lambda: self._blob(key).commit_block_list(
+                block_list, content_settings=settings, match_condition=MatchConditions.IfMissing
+            ),
+            key,
+            "create",
+        )
+        # Uncommitted blocks of a failed upload are garbage-collected by Azure after 7 days.
+
+    def _stage(self, key: str, fd: int, block_id: str, offset: int, length: int) -> None:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise IntegrityError(f"{self.uri(key)}: the file changed size while uploading")
+        self._call(
+            lambda: self._blob(key).stage_block(
+                block_id, data, length=length, validate_content=True
+            ),
+            key,
+            "create",
+        )
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._call(lambda: self._blob(key).delete_blob(delete_snapshots="include"), key)
+        except NotFound:
+            return False
+        return True
+
+    def put_record(self, key: str, data: bytes) -> None:
+        self._call(lambda: self._blob(key).upload_blob(data, overwrite=True), key)
+
+    def get_record(self, key: str) -> bytes:
+        with self.read(key) as stream:
+            assert isinstance(stream, CountedStream)
+            return stream.read_all()
+
+    def close(self) -> None:
+        self._service.close()
+
+
+def from_config(
+    name: str, cfg: AzureStoreConfig, secrets: StoreSecrets, settings: Settings
+) -> AzureStore:
+    """The connection string from ``secrets`` (captured from ``connection_string_env``), else
+    ``account_url`` with Azure's default credential chain."""
+    return AzureStore(
+        name,
+        cfg.container,
+        prefix=cfg.prefix,
+        connection_string=secrets.get("connection_string"),
+        account_url=cfg.account_url,
+        multipart_threshold_bytes=settings.multipart_threshold_bytes,
+        part_size_bytes=settings.chunk_size_bytes,
+        concurrency=settings.concurrency,
+        retry=RetryPolicy(attempts=settings.max_attempts),
+    )
+
+
+__all__ = ["AzureStore", "from_config"]

@@ -1,0 +1,330 @@
+"""Google Cloud Storage stores (google-cloud-storage).
+
+- ``stat`` reads the object's metadata; ``version`` is its generation, ``md5`` the stated
+  ``md5Hash`` (absent on composite objects, which still have ``crc32c``).
+- Reads are ranged downloads of ``bucket.blob(name, generation=g)``: once that generation is
+  replaced (404 in an unversioned bucket) the read raises :class:`~worker.errors.Changed`.
+  Bytes are fetched raw (no decompressive transcoding), so the size always holds.
+- ``create`` never overwrites: ``if_generation_match=0`` on a simple upload, or on a resumable
+  upload with ``chunk_size`` for large files; 412 is :class:`~worker.errors.AlreadyExists`.
+  Large files are checked with a metadata read first (fake-gcs-server ignores preconditions on
+  resumable uploads; real GCS enforces them, and that stays the guard).
+- An ``endpoint_url`` on loopback (an emulator) uses anonymous credentials; without one the SDK
+  finds Application Default Credentials and honours ``STORAGE_EMULATOR_HOST`` itself.
+
+The SDK's retries are switched off (``retry=None``); transient errors are retried by
+:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import google.api_core.exceptions as gexc
+import google.auth.exceptions as gauth
+import requests.exceptions as rexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+
+from worker.errors import (
+    AccessDenied,
+    AlreadyExists,
+    Changed,
+    IntegrityError,
+    NotFound,
+    StoreError,
+    TransientError,
+)
+from worker.settings import GCSStoreConfig, Settings, StoreSecrets
+from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._stream import CountedStream, range_end
+from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+
+T = TypeVar("T")
+Op = Literal["read", "create", "other"]
+MiB = 1024 * 1024
+RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes are multiples of 256 KiB
+
+_SDK_ERRORS = (
+    gexc.GoogleAPIError,
+    gauth.GoogleAuthError,
+    rexc.RequestException,
+    InvalidResponse,
+    DataCorruption,
+)
+
+
+def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+    """The one place google/requests exceptions become haul errors (no server text is kept)."""
+    if isinstance(exc, DataCorruption):
+        return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
+    if isinstance(exc, gauth.TransportError | rexc.RequestException):
+        return TransientError(f"{where}: connection failed ({type(exc).__name__})")
+    if isinstance(exc, gauth.GoogleAuthError):
+        return AccessDenied(f"{where}: no usable Google credentials ({type(exc).__name__})")
+    status = 0
+    if isinstance(exc, gexc.GoogleAPICallError):
+        status = int(exc.code or 0)
+    elif isinstance(exc, InvalidResponse):
+        status = int(getattr(exc.response, "status_code", 0) or 0)
+    message = str(getattr(exc, "message", "") or "").lower()
+    detail = f"HTTP {status}" if status else type(exc).__name__
+    if status == 404:
+        if "bucket" in message and "object" not in message:
+            return NotFound(f"{where}: the bucket does not exist ({detail})")
+        if op == "read":
+            return Changed(f"{where}: the generation being read is gone ({detail})")
+        return NotFound(f"{where}: no such object ({detail})")
+    if status in (401, 403):
+        return AccessDenied(f"{where}: access denied ({detail})")
+    if status == 412:
+        if op == "create":
+            return AlreadyExists(f"{where}: the object already exists ({detail})")
+        return Changed(f"{where}: the object changed since it was first seen ({detail})")
+    if status == 400 and ("md5" in message or "crc32c" in message or "hash" in message):
+        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
+    if status in (408, 429) or status >= 500:
+        return TransientError(f"{where}: temporary server error ({detail})")
+    return StoreError(f"{where}: request failed ({detail})")
+
+
+def is_emulator_endpoint(url: str) -> bool:
+    """True for loopback endpoints (fake-gcs-server and friends)."""
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _b64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+class GCSStore(SourceBase):
+    """One bucket (and key prefix) of Google Cloud Storage."""
+
+    def __init__(
+        self,
+        name: str,
+        bucket: str,
+        *,
+        prefix: str = "",
+        client: Any = None,
+        endpoint_url: str | None = None,
+        project: str | None = None,
+        anonymous: bool | None = None,
+        multipart_threshold_bytes: int = 16 * MiB,
+        part_size_bytes: int = 8 * MiB,
+        page_size: int = 1000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self.multipart_threshold_bytes = multipart_threshold_bytes
+        # resumable chunks must be multiples of 256 KiB
+        self.part_size_bytes = max(
+            RESUMABLE_QUANTUM, part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
+        )
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        if client is None:
+            if anonymous is None:
+                anonymous = endpoint_url is not None and is_emulator_endpoint(endpoint_url)
+            client = self._make_client(endpoint_url, project, anonymous=anonymous)
+        self._client = client
+        self._bucket = client.bucket(bucket)
+
+    def _make_client(
+        self, endpoint_url: str | None, project: str | None, *, anonymous: bool
+    ) -> Any:
+        options = {"api_endpoint": endpoint_url} if endpoint_url else None
+        with self._sdk(""):
+            if anonymous:
+                return storage.Client(
+                    project=project or "haul-emulator",
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                    client_options=options,
+                )
+            return storage.Client(project=project, client_options=options)
+
+    # -- the translation boundary ------------------------------------------------------------
+
+    def _where(self, key: str) -> str:
+        return self.uri(key) if key else f"gs://{self.bucket_name}"
+
+    @contextmanager
+    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
+        try:
+            yield
+        except _SDK_ERRORS as exc:
+            raise _translate(exc, self._where(key), op) from None
+
+    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
+        def once() -> T:
+            with self._sdk(key, op):
+                return fn()
+
+        return call_with_retry(once, self.retry)
+
+    # -- ObjectSource ------------------------------------------------------------------------
+
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket_name}/{key}"
+
+    def stat(self, key: str) -> ObjectInfo:
+        blob = self._bucket.blob(key)
+        self._call(lambda: blob.reload(retry=None), key)
+        return self._info(blob)
+
+    @staticmethod
+    def _info(blob: Any) -> ObjectInfo:
+        md5 = _b64_to_hex(blob.md5_hash) if blob.md5_hash else None
+        crc = int.from_bytes(base64.b64decode(blob.crc32c), "big") if blob.crc32c else None
+        if md5:
+            note = "md5: md5Hash"
+        elif crc is not None:
+            note = "crc32c: a composite object has no md5Hash"
+        else:
+            note = "none: the object states no checksum"
+        generation = str(blob.generation) if blob.generation is not None else None
+        return ObjectInfo(
+            key=str(blob.name),
+            size=int(blob.size or 0),
+            etag=blob.etag,
+            version=generation,
+            last_modified=_iso(blob.updated),
+            md5=md5,
+            crc32c=crc,
+            checksum_note=note,
+            extra={"component_count": str(blob.component_count)} if blob.component_count else {},
+        )
+
+    def read(
+        self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
+    ) -> StreamContext:
+        info = pin or self.stat(key)
+        end = range_end(start, length, info.size)
+        generation = int(info.version) if info.version else None
+        blob = self._bucket.blob(key, generation=generation)
+        step = self.part_size_bytes
+
+        def fetch(offset: int) -> bytes:
+            last = min(offset + step, end) - 1
+            data: bytes = blob.download_as_bytes(
+                start=offset, end=last, raw_download=True, checksum=None, retry=None
+            )
+            return data
+
+        def chunks(first: bytes) -> Iterator[bytes]:
+            yield first
+            for offset in range(start + step, end, step):
+                yield self._call(lambda o=offset: fetch(o), key, "read")  # type: ignore[misc]
+
+        if end == start:
+            body: Iterator[bytes] = iter(())
+        else:  # the first range is fetched now, so a gone generation fails at open time
+            body = chunks(self._call(lambda: fetch(start), key, "read"))
+        stream = CountedStream(
+            body, expected=end - start, what=self.uri(key), guard=lambda: self._sdk(key, "read")
+        )
+        return StreamContext(stream)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        with self._sdk(prefix):
+            blobs = iter(
+                self._client.list_blobs(
+                    self.bucket_name, prefix=prefix or None, page_size=self.page_size, retry=None
+                )
+            )
+        while True:
+            with self._sdk(prefix):
+                blob = next(blobs, None)
+            if blob is None:
+                return
+            yield self._info(blob)
+
+    # -- Store -------------------------------------------------------------------------------
+
+    def create(self, key: str, path: Path, *, size: int, md5: str | None = None) -> None:
+        large = size >= self.multipart_threshold_bytes
+        if large and self._exists(key):
+            raise AlreadyExists(f"{self.uri(key)}: the object already exists")
+
+        def upload() -> None:
+            blob = self._bucket.blob(key, chunk_size=self.part_size_bytes if large else None)
+            if md5:
+                blob.md5_hash = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
+            blob.upload_from_filename(str(path), if_generation_match=0, retry=None)
+
+        self._call(upload, key, "create")
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._call(lambda: self._bucket.blob(key).delete(retry=None), key)
+        except NotFound:
+            return False
+        return True
+
+    def put_record(self, key: str, data: bytes) -> None:
+        self._call(
+            lambda: self._bucket.blob(key).upload_from_string(
+                data, content_type="application/json", retry=None
+            ),
+            key,
+        )
+
+    def get_record(self, key: str) -> bytes:
+        with self.read(key) as stream:
+            assert isinstance(stream, CountedStream)
+            return stream.read_all()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def from_config(
+    name: str, cfg: GCSStoreConfig, secrets: StoreSecrets, settings: Settings
+) -> GCSStore:
+    """``endpoint_url`` from the config, else an emulator host captured into the store's secrets
+    (``storage_emulator_host``); without either, Application Default Credentials."""
+    endpoint = cfg.endpoint_url or secrets.get("storage_emulator_host")
+    anonymous = endpoint is not None and (
+        is_emulator_endpoint(endpoint) or endpoint == secrets.get("storage_emulator_host")
+    )
+    return GCSStore(
+        name,
+        cfg.bucket,
+        prefix=cfg.prefix,
+        endpoint_url=endpoint,
+        project=cfg.project,
+        anonymous=anonymous,
+        multipart_threshold_bytes=settings.multipart_threshold_bytes,
+        part_size_bytes=settings.chunk_size_bytes,
+        retry=RetryPolicy(attempts=settings.max_attempts),
+    )
+
+
+__all__ = ["GCSStore", "from_config"]

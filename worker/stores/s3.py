@@ -1,0 +1,500 @@
+"""S3 and S3-compatible stores (boto3).
+
+- ``stat`` is ``head_object``; ``md5`` is the ETag only for single-part objects that are not
+  SSE-KMS / SSE-C encrypted (otherwise the ETag is not a content hash, and ``checksum_note``
+  says why).
+- Reads are ranged GETs pinned with ``IfMatch=<etag>``, plus ``VersionId`` when the bucket is
+  versioned: a replaced object answers 412, raised as :class:`~worker.errors.Changed`.
+- ``create`` never overwrites: ``put_object(IfNoneMatch='*')`` for small files, a multipart
+  upload with parallel parts and ``complete_multipart_upload(IfNoneMatch='*')`` for large ones
+  (the upload is aborted on every failure). 412 means the key is taken:
+  :class:`~worker.errors.AlreadyExists`.
+- ``delete`` removes every version (and delete marker) of the key in a versioned bucket.
+
+botocore's own retries are switched off; transient errors are retried by
+:func:`worker.stores._retry.call_with_retry` within one budget. SDK exceptions are translated in
+:func:`_translate` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as bce
+from botocore.config import Config
+
+from worker.errors import (
+    AccessDenied,
+    AlreadyExists,
+    Changed,
+    IntegrityError,
+    NotFound,
+    StoreError,
+    TransientError,
+)
+from worker.settings import S3StoreConfig, Settings, StoreSecrets
+from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._stream import CountedStream, range_end
+from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Op = Literal["read", "create", "other"]
+MiB = 1024 * 1024
+MIN_PART_BYTES = 5 * MiB
+MAX_PARTS = 10_000
+READ_CHUNK_BYTES = 1 * MiB
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion", "NoSuchUpload", "404"}
+_DENIED = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "AllAccessDisabled", "AccountProblem", "403",
+}  # fmt: skip
+_TRANSIENT = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
+}  # fmt: skip
+_BAD_DIGEST = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
+
+
+def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+    """The one place botocore exceptions become haul errors (messages carry no credentials)."""
+    if isinstance(exc, bce.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        detail = f"{code or 'error'}, HTTP {status}"
+        if code == "NoSuchBucket":
+            return NotFound(f"{where}: the bucket does not exist ({detail})")
+        if code in _NOT_FOUND or status == 404:
+            return NotFound(f"{where}: no such object ({detail})")
+        if code in _DENIED or status in (401, 403):
+            return AccessDenied(f"{where}: access denied ({detail})")
+        if code == "PreconditionFailed" or status == 412:
+            if op == "create":
+                return AlreadyExists(f"{where}: the key already exists ({detail})")
+            return Changed(f"{where}: the object changed since it was first seen ({detail})")
+        if code in _BAD_DIGEST:
+            return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
+        if code in _TRANSIENT or status == 429 or status >= 500:
+            return TransientError(f"{where}: temporary server error ({detail})")
+        return StoreError(f"{where}: request failed ({detail})")
+    if isinstance(exc, bce.IncompleteReadError):
+        return IntegrityError(f"{where}: the body ended early ({type(exc).__name__})")
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return AccessDenied(f"{where}: no usable credentials ({type(exc).__name__})")
+    if isinstance(exc, bce.ProfileNotFound):
+        return AccessDenied(f"{where}: the configured AWS profile does not exist")
+    if isinstance(
+        exc,
+        bce.ConnectionError
+        | bce.HTTPClientError
+        | bce.ResponseStreamingError
+        | bce.ReadTimeoutError,
+    ):
+        return TransientError(f"{where}: connection failed ({type(exc).__name__})")
+    return StoreError(f"{where}: {type(exc).__name__}")
+
+
+def _is_ip_or_localhost(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _b64_md5(hex_md5: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_md5)).decode("ascii")
+
+
+class S3Store(SourceBase):
+    """One bucket (and key prefix) of S3 or an S3-compatible service."""
+
+    def __init__(
+        self,
+        name: str,
+        bucket: str,
+        *,
+        prefix: str = "",
+        client: Any = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        multipart_threshold_bytes: int = 16 * MiB,
+        part_size_bytes: int = 8 * MiB,
+        concurrency: int = 8,
+        page_size: int = 1000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if part_size_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_size_bytes must be >= {MIN_PART_BYTES} (S3's minimum)")
+        self.name = name
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.part_size_bytes = part_size_bytes
+        self.concurrency = max(1, concurrency)
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        self._versioned: bool | None = None
+        self._client = (
+            client if client is not None else self._make_client(endpoint_url, region, profile)
+        )
+
+    def _make_client(
+        self, endpoint_url: str | None, region: str | None, profile: str | None
+    ) -> Any:
+        s3_cfg: dict[str, str] = {}
+        if endpoint_url and _is_ip_or_localhost(endpoint_url):
+            s3_cfg["addressing_style"] = "path"
+        config = Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=max(10, 2 * self.concurrency),
+            s3=s3_cfg or None,
+        )
+        with self._sdk("", "other"):
+            session = boto3.session.Session(profile_name=profile)
+            return session.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+
+    # -- the translation boundary ------------------------------------------------------------
+
+    def _where(self, key: str) -> str:
+        return self.uri(key) if key else f"s3://{self.bucket}"
+
+    @contextmanager
+    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
+        try:
+            yield
+        except (bce.ClientError, bce.BotoCoreError) as exc:
+            raise _translate(exc, self._where(key), op) from None
+
+    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
+        def once() -> T:
+            with self._sdk(key, op):
+                return fn()
+
+        return call_with_retry(once, self.retry)
+
+    # -- ObjectSource ------------------------------------------------------------------------
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def stat(self, key: str) -> ObjectInfo:
+        resp = self._call(lambda: self._client.head_object(Bucket=self.bucket, Key=key), key)
+        return self._info(key, resp)
+
+    def _info(self, key: str, resp: dict[str, Any]) -> ObjectInfo:
+        etag = str(resp.get("ETag", "")).strip('"') or None
+        version_id = resp.get("VersionId")
+        extra: dict[str, str] = {}
+        if version_id and version_id != "null":
+            extra["version_id"] = str(version_id)
+        md5, note = self._checksum(etag, resp)
+        return ObjectInfo(
+            key=key,
+            size=int(resp.get("ContentLength", resp.get("Size", 0))),
+            etag=etag,
+            version=extra.get("version_id") or etag,
+            last_modified=_iso(resp.get("LastModified")),
+            md5=md5,
+            checksum_note=note,
+            extra=extra,
+        )
+
+    @staticmethod
+    def _checksum(etag: str | None, resp: dict[str, Any]) -> tuple[str | None, str]:
+        sse = str(resp.get("ServerSideEncryption", ""))
+        if not etag:
+            return None, "none: the server sent no ETag"
+        if "-" in etag:
+            return None, "none: multipart ETag is not a content hash"
+        if sse.startswith("aws:kms"):
+            return None, "none: the ETag of an SSE-KMS object is not a content hash"
+        if resp.get("SSECustomerAlgorithm"):
+            return None, "none: the ETag of an SSE-C object is not a content hash"
+        if len(etag) != 32:
+            return None, "none: the ETag is not an md5"
+        return etag, "md5: single-part ETag"
+
+    def read(
+        self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
+    ) -> StreamContext:
+        info = pin or self.stat(key)
+        end = range_end(start, length, info.size)
+        if end == start:
+            return StreamContext(_empty_stream())
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Range": f"bytes={start}-{end - 1}",
+        }
+        if info.etag:
+            args["IfMatch"] = f'"{info.etag}"'
+        if info.extra.get("version_id"):
+            args["VersionId"] = info.extra["version_id"]
+        resp = self._call(lambda: self._client.get_object(**args), key, "read")
+        body = resp["Body"]
+        stream = CountedStream(
+            body.iter_chunks(chunk_size=READ_CHUNK_BYTES),
+            expected=end - start,
+            what=self.uri(key),
+            guard=lambda: self._sdk(key, "read"),
+            on_close=body.close,
+        )
+        return StreamContext(stream)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size}
+        )
+        it = iter(pages)
+        while True:
+            with self._sdk(prefix):
+                page = next(it, None)
+            if page is None:
+                return
+            for obj in page.get("Contents", []):
+                etag = str(obj.get("ETag", "")).strip('"') or None
+                yield ObjectInfo(
+                    key=obj["Key"],
+                    size=int(obj["Size"]),
+                    etag=etag,
+                    version=etag,
+                    last_modified=_iso(obj.get("LastModified")),
+                    checksum_note="unknown: a listing does not state encryption; stat() tells",
+                )
+
+    # -- Store -------------------------------------------------------------------------------
+
+    def create(self, key: str, path: Path, *, size: int, md5: str | None = None) -> None:
+        if size < self.multipart_threshold_bytes:
+            self._put_small(key, path, size, md5)
+        else:
+            self._put_multipart(key, path, size, md5)
+
+    def _put_small(self, key: str, path: Path, size: int, md5: str | None) -> None:
+        def put() -> None:
+            with path.open("rb") as fh:
+                args: dict[str, Any] = {
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "Body": fh,
+                    "ContentLength": size,
+                    "IfNoneMatch": "*",
+                }
+                if md5:
+                    args["ContentMD5"] = _b64_md5(md5)
+                self._client.put_object(**args)
+
+        self._call(put, key, "create")
+
+    def _put_multipart(self, key: str, path: Path, size: int, md5: str | None) -> None:
+        # A HEAD first: sending gigabytes only to learn at completion that the key is taken
+        # wastes the transfer. completeMultipartUpload(IfNoneMatch='*') stays the real guard.
+        if self._exists(key):
+            raise AlreadyExists(f"{self.uri(key)}: the key already exists")
+        part_size = max(self.part_size_bytes, -(-size // MAX_PARTS))
+        parts = [
+            (n + 1, off, min(part_size, size - off))
+            for n, off in enumerate(range(0, size, part_size))
+        ]
+        upload_id = self._call(
+            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"],
+            key,
+        )
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                with ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix="haul-s3-part"
+                ) as pool:
+                    etags = list(
+                        pool.map(lambda p: self._upload_part(key, upload_id, fd, *p), parts)
+                    )
+            finally:
+                os.close(fd)
+            done = {
+                "Parts": [
+                    {"PartNumber": n, "ETag": e} for (n, _, _), e in zip(parts, etags, strict=True)
+                ]
+            }
+            self._call(
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload=done,
+                    IfNoneMatch="*",
+                ),
+                key,
+                "create",
+            )
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        log.debug(
+            "s3 multipart upload of %s done in %d parts (md5 %s)", self.uri(key), len(parts), md5
+        )
+
+    def _upload_part(
+        self, key: str, upload_id: str, fd: int, number: int, offset: int, length: int
+    ) -> str:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise IntegrityError(f"{self.uri(key)}: the file changed size while uploading")
+        digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # noqa: S324
+        resp = self._call(
+            lambda: self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=data, ContentLength=length, ContentMD5=digest,
+            ),
+            key,
+            "create",
+        )  # fmt: skip
+        return str(resp["ETag"])
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._call(
+                lambda: self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                ),
+                key,
+            )
+        except StoreError as exc:  # the original failure matters more; lifecycle rules clean up
+            log.warning("could not abort the multipart upload of %s: %s", self.uri(key), exc)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def _is_versioned(self) -> bool:
+        if self._versioned is None:
+            try:
+                resp = self._call(
+                    lambda: self._client.get_bucket_versioning(Bucket=self.bucket), ""
+                )
+            except AccessDenied:
+                self._versioned = False  # cannot tell: delete the current version only
+            else:
+                self._versioned = resp.get("Status") in ("Enabled", "Suspended")
+        return self._versioned
+
+    def delete(self, key: str) -> bool:
+        if self._is_versioned():
+            return self._delete_versions(key)
+        if not self._exists(key):
+            return False
+        self._call(lambda: self._client.delete_object(Bucket=self.bucket, Key=key), key)
+        return True
+
+    def _delete_versions(self, key: str) -> bool:
+        """Delete every version and delete marker of exactly ``key``; True if data existed."""
+        paginator = self._client.get_paginator("list_object_versions")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=key))
+        targets: list[dict[str, str]] = []
+        had_data = False
+        while True:
+            with self._sdk(key):
+                page = next(pages, None)
+            if page is None:
+                break
+            for entry in page.get("Versions", []):
+                if entry["Key"] == key:
+                    had_data = True
+                    targets.append({"Key": key, "VersionId": entry["VersionId"]})
+            targets += [
+                {"Key": key, "VersionId": m["VersionId"]}
+                for m in page.get("DeleteMarkers", [])
+                if m["Key"] == key
+            ]
+        for i in range(0, len(targets), 1000):
+            resp = self._delete_batch(key, targets[i : i + 1000])
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise StoreError(
+                    f"{self.uri(key)}: could not delete a version ({first.get('Code')})"
+                )
+        return had_data
+
+    def _delete_batch(self, key: str, targets: Sequence[dict[str, str]]) -> dict[str, Any]:
+        batch = {"Objects": [*targets], "Quiet": True}
+        resp: dict[str, Any] = self._call(
+            lambda: self._client.delete_objects(Bucket=self.bucket, Delete=batch), key
+        )
+        return resp
+
+    def put_record(self, key: str, data: bytes) -> None:
+        digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # noqa: S324
+        self._call(
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentMD5=digest
+            ),
+            key,
+        )
+
+    def get_record(self, key: str) -> bytes:
+        with self.read(key) as stream:
+            assert isinstance(stream, CountedStream)
+            return stream.read_all()
+
+
+class _EmptyStream:
+    def readinto(self, buffer: memoryview) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+def _empty_stream() -> _EmptyStream:
+    return _EmptyStream()
+
+
+def from_config(
+    name: str, cfg: S3StoreConfig, secrets: StoreSecrets, settings: Settings
+) -> S3Store:
+    """Credentials come from boto3's chain (env, shared files with ``profile``, instance role)."""
+    return S3Store(
+        name,
+        cfg.bucket,
+        prefix=cfg.prefix,
+        endpoint_url=cfg.endpoint_url,
+        region=cfg.region,
+        profile=cfg.profile,
+        multipart_threshold_bytes=settings.multipart_threshold_bytes,
+        part_size_bytes=max(MIN_PART_BYTES, settings.chunk_size_bytes),
+        concurrency=settings.concurrency,
+        retry=RetryPolicy(attempts=settings.max_attempts),
+    )
+
+
+__all__ = ["S3Store", "from_config"]

@@ -117,6 +117,16 @@ class DiskFullError(HaulError):
     code = "disk_full"
 
 
+class Interrupted(HaulError):
+    """The transfer was stopped on purpose (the task is shutting down, or a sibling failed).
+
+    Unlike other failures it keeps the ``.haul-part`` file and its record, so the redelivered
+    task resumes where this one stopped.
+    """
+
+    code = "interrupted"
+
+
 class LeaseHeld(HaulError):
     """Another live worker holds this execution; the message is retried later, not dropped."""
 

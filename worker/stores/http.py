@@ -4,13 +4,19 @@ Reads are ranged and pinned: the ETag of the first response goes out as ``If-Mat
 later range (a weak ETag cannot pin, so ``If-Unmodified-Since`` with Last-Modified is used
 instead), and a 412 becomes :class:`~worker.errors.Changed`. Redirects are followed by hand, at
 most ``max_redirects`` hops, each hop through the private-address guard.
+
+Bodies are read through :mod:`worker.stores._fasthttp` (http.client with ``readinto``; it keeps
+the address guard), which costs far less CPU per byte than httpx; ``fast=False`` uses httpx for
+everything. :meth:`HttpSource.read_first` asks for the first range without a prior stat, so a
+small file costs one request and a large one learns its size and ETag from its first chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpcore
 import httpx
@@ -26,6 +32,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.netguard import GuardedBackend
+from worker.stores._fasthttp import FastBody, FastClient
 from worker.stores.base import ObjectInfo, SourceBase, StreamContext
 from worker.urls import redact_url
 
@@ -37,6 +44,8 @@ def _translate(exc: Exception, url: str) -> HaulError:
     shown = redact_url(url)
     if isinstance(exc, HaulError):
         return exc
+    if isinstance(exc, httpx.RemoteProtocolError) and "message body" in str(exc):
+        return IntegrityError(f"{shown}: the body ended before its announced length")
     if isinstance(exc, httpx.TimeoutException):
         return TransientError(f"timed out reading {shown}")
     if isinstance(exc, httpx.TransportError):
@@ -107,6 +116,7 @@ class HttpSource(SourceBase):
         max_redirects: int = 10,
         verify: Any = True,
         max_connections: int = 64,
+        fast: bool = True,
     ) -> None:
         transport = httpx.HTTPTransport(
             verify=verify,
@@ -124,9 +134,19 @@ class HttpSource(SourceBase):
             headers={"User-Agent": "haul-worker", "Accept-Encoding": "identity"},
         )
         self.max_redirects = max_redirects
+        self.fast: FastClient | None = None
+        if fast:
+            self.fast = FastClient(
+                allow_private=allow_private,
+                timeout_s=timeout_s,
+                verify=verify,
+                max_idle_per_host=max_connections,
+            )
 
     def close(self) -> None:
         self.client.close()
+        if self.fast is not None:
+            self.fast.close()
 
     def uri(self, key: str) -> str:
         return redact_url(key)
@@ -156,18 +176,63 @@ class HttpSource(SourceBase):
                 raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
         raise SourceError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
 
+    def _fast_send(
+        self, url: str, headers: dict[str, str]
+    ) -> tuple[int, Callable[[str], str | None], FastBody | None, str]:
+        """GET through the fast client, following redirects by hand (each hop guarded)."""
+        assert self.fast is not None
+        current = url
+        for _ in range(self.max_redirects + 1):
+            parts = urlsplit(current)
+            scheme = parts.scheme.lower()
+            if scheme not in ("http", "https") or not parts.hostname:
+                raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
+            port = parts.port or (443 if scheme == "https" else 80)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            response, body = self.fast.get(scheme, parts.hostname, port, target, headers, current)
+            if response.status not in _REDIRECTS:
+                return response.status, response.getheader, body, current
+            location = response.getheader("location")
+            if not location:
+                raise SourceError(f"{redact_url(current)}: redirect without a Location")
+            current = urljoin(current, location)
+        raise SourceError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
+
     def stat(self, key: str) -> ObjectInfo:
+        if self.fast is not None:
+            status, header, body, final = self._fast_send(key, {"Range": "bytes=0-0"})
+            if body is not None:
+                body.close()
+            return self._info(key, final, status, header)
         response, final = self._send(key, {"Range": "bytes=0-0"})
         try:
-            return self._info(key, final, response)
+            return self._info(key, final, response.status_code, response.headers.get)
         finally:
             response.close()
 
-    def _info(self, key: str, final: str, response: httpx.Response) -> ObjectInfo:
-        status = response.status_code
-        headers = response.headers
+    def read_first(self, key: str, length: int) -> tuple[ObjectInfo, StreamContext]:
+        """Describe ``key`` and open its first ``length`` bytes with one request.
+
+        The stream holds ``min(length, size)`` bytes, or the whole body when the server
+        ignores ranges (``info.ranges`` is then False).
+        """
+        if self.fast is None:
+            info = self.stat(key)
+            return info, self.read(key, start=0, length=min(length, max(info.size, 0)), pin=info)
+        status, header, body, final = self._fast_send(key, {"Range": f"bytes=0-{length - 1}"})
+        if body is None and status != 416:
+            raise _status_error(status, key)
+        info = self._info(key, final, status, header)
+        if body is None:  # 416: an empty object
+            return info, StreamContext(_Empty())
+        return info, StreamContext(body)
+
+    def _info(
+        self, key: str, final: str, status: int, header: Callable[[str], str | None]
+    ) -> ObjectInfo:
+        headers = _Headers(header)
         if status == 206:
-            content_range = headers.get("content-range", "")
+            content_range = headers.get("content-range") or ""
             total = content_range.rsplit("/", 1)[-1]
             size = int(total) if total.isdigit() else -1
             ranges = size >= 0
@@ -212,6 +277,8 @@ class HttpSource(SourceBase):
         if ranged:
             end = "" if length is None else str(start + length - 1)
             headers["Range"] = f"bytes={start}-{end}"
+        if self.fast is not None:
+            return self._fast_read(key, url, headers, start, length, pin)
         response, final = self._send(url, headers)
         status = response.status_code
         if status not in (200, 206) or (ranged and status != 206):
@@ -223,3 +290,69 @@ class HttpSource(SourceBase):
             response.close()
             raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")
         return StreamContext(_Body(response, final))
+
+    def _fast_read(
+        self,
+        key: str,
+        url: str,
+        headers: dict[str, str],
+        start: int,
+        length: int | None,
+        pin: ObjectInfo | None,
+    ) -> StreamContext:
+        ranged = "Range" in headers
+        status, header, body, _ = self._fast_send(url, headers)
+        if body is None or (ranged and status != 206):
+            if body is not None:
+                body.close()
+            if status == 200:
+                raise SourceError(f"{redact_url(key)}: the server ignored a Range request")
+            raise _status_error(status, key)
+        try:
+            if pin is not None and pin.etag and header("etag") not in (None, pin.etag):
+                raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")
+            if ranged:
+                _check_range(key, header("content-range"), start, length, pin)
+        except HaulError:
+            body.close()
+            raise
+        return StreamContext(body)
+
+
+def _check_range(
+    key: str, content_range: str | None, start: int, length: int | None, pin: ObjectInfo | None
+) -> None:
+    """A 206 must carry exactly the bytes asked for; anything else is an integrity error."""
+    unit, _, spec = (content_range or "").partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not first.isdigit() or not last.isdigit():
+        raise IntegrityError(f"{redact_url(key)}: bad Content-Range {content_range!r}")
+    if pin is not None and pin.size >= 0 and total.isdigit() and int(total) != pin.size:
+        raise Changed(f"{redact_url(key)} changed size while it was being read")
+    want_last = (
+        (pin.size - 1 if pin is not None else None) if length is None else start + length - 1
+    )
+    if int(first) != start or (want_last is not None and int(last) != want_last):
+        raise IntegrityError(
+            f"{redact_url(key)}: asked for bytes {start}-{want_last}, got {content_range!r}"
+        )
+
+
+class _Headers:
+    """Case-insensitive ``get`` over either client's headers."""
+
+    def __init__(self, header: Callable[[str], str | None]) -> None:
+        self._header = header
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self._header(name)
+        return default if value is None else value
+
+
+class _Empty:
+    def readinto(self, buffer: memoryview) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None

@@ -3,27 +3,53 @@
 The bytes go to ``<dest>.haul-part`` beside the target and are renamed to ``dest`` only once
 complete and verified (size, and the server's checksum where one is trustworthy), so a file at
 its final name never holds anything but its final bytes.
+
+Objects above ``multipart_threshold_bytes`` are fetched as parallel ranged chunks
+(:mod:`worker.transfer.chunked`); smaller ones in one request, hashed inline. Every read is pinned
+to the version of the first stat; a :class:`~worker.errors.Changed` starts the object over from a
+fresh stat (at most ``max_attempts`` times), never mixing two versions.
+
+Resume: a chunked download keeps ``<dest>.haul-part.json`` (:mod:`worker.transfer.resume`). A
+process killed mid-download leaves both files; the next call with the same version token hashes
+the finished chunks from disk once and fetches only the missing ones. A download that fails for
+good (an error that is not retried, or retries exhausted) removes both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from worker.constants import PART_RECORD_SUFFIX, PART_SUFFIX
-from worker.errors import Changed, DiskFullError, IntegrityError
-from worker.hashing import Digests, TripleHasher
-from worker.stores.base import ObjectInfo, ObjectSource
+from worker.errors import Changed, DiskFullError, HaulError, IntegrityError, Interrupted
+from worker.hashing import Digests
+from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
+from worker.transfer.chunked import BufferPool, ChunkedDownload, RetryBudget, fetch_range
 from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressFn, ProgressMeter
-from worker.transfer.retry import retrying
+from worker.transfer.resume import PartRecord
+from worker.transfer.retry import backoff_s, retrying
+from worker.transfer.sink import HashWriteSink, Piece
+
+if TYPE_CHECKING:
+    from worker.transfer.cache import Cache
 
 log = logging.getLogger(__name__)
-_BUFFER = 1024 * 1024
+T = TypeVar("T")
+
+#: chunks written between two saves of the resume record
+_RECORD_EVERY = 4
+#: piece size when one stream of unknown or unranged length is hashed on threads
+_STREAM_PIECE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,6 +58,15 @@ class Downloaded:
     info: ObjectInfo
     seconds: float
     cached: bool = False
+    #: bytes that were already on disk from an interrupted earlier attempt
+    resumed_bytes: int = 0
+
+
+@runtime_checkable
+class FirstRangeReader(Protocol):
+    """A source that can describe an object and open its first bytes in one request."""
+
+    def read_first(self, key: str, length: int) -> tuple[ObjectInfo, StreamContext]: ...
 
 
 def part_path(dest: Path) -> Path:
@@ -40,6 +75,11 @@ def part_path(dest: Path) -> Path:
 
 def part_record_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_RECORD_SUFFIX)
+
+
+def source_id(source: ObjectSource, key: str) -> str:
+    """What identifies an object across executions (cache key); never with credentials."""
+    return f"{source.name}|{source.uri(key)}"
 
 
 def verify(info: ObjectInfo, digests: Digests, label: str) -> None:
@@ -54,40 +94,284 @@ def verify(info: ObjectInfo, digests: Digests, label: str) -> None:
         )
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        try:
-            n = os.pwrite(fd, data, offset)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError("no space left on the device holding the inputs") from None
-            raise
-        data = data[n:]
-        offset += n
+class _Restart(Exception):
+    """The object has to start over from a fresh stat (it changed, or failed verification)."""
+
+    def __init__(self, cause: HaulError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
-def _stream_once(
-    source: ObjectSource, info: ObjectInfo, tmp: Path, meter: ProgressMeter, label: str
-) -> Digests:
-    hasher = TripleHasher(threads=info.size > 64 * _BUFFER)
-    buffer = bytearray(_BUFFER)
-    view = memoryview(buffer)
-    offset = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _preallocate(fd: int, size: int) -> None:
     try:
-        with source.read(info.key, pin=info) as body:
-            while n := body.readinto(view):
-                chunk = bytes(view[:n])
-                hasher.update(chunk)
-                _write_all(fd, memoryview(chunk), offset)
-                offset += n
-                meter.add(n)
-        digests = hasher.digests()
-    finally:
-        hasher.close()
-        os.close(fd)
-    verify(info, digests, label)
-    return digests
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left for {size} bytes of inputs") from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+@dataclass
+class _Job:
+    source: ObjectSource
+    key: str
+    dest: Path
+    cfg: TransferConfig
+    label: str
+    progress: ProgressFn | None
+    cache: Cache | None
+    gate: AbstractContextManager[object] | None
+    cancel: threading.Event | None = None
+
+    @property
+    def tmp(self) -> Path:
+        return part_path(self.dest)
+
+    @property
+    def record_path(self) -> Path:
+        return part_record_path(self.dest)
+
+    def cleanup(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+        self.record_path.unlink(missing_ok=True)
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        return retrying(
+            fn,
+            attempts=self.cfg.max_attempts,
+            base_s=self.cfg.backoff_base_s,
+            max_s=self.cfg.backoff_max_s,
+        )
+
+    # ------------------------------------------------------------------ one attempt
+    def attempt(self, info: ObjectInfo | None, started: float) -> Downloaded:
+        first: StreamContext | None = None
+        record = None
+        if self.record_path.exists() and self.tmp.exists():
+            record = PartRecord.load(self.record_path)
+        if info is None:
+            source = self.source
+            if self.cache is None and record is None and isinstance(source, FirstRangeReader):
+                info, first = self._retrying(
+                    lambda: source.read_first(self.key, self.cfg.chunk_size_bytes)
+                )
+            else:
+                info = self._retrying(lambda: source.stat(self.key))
+        try:
+            if self.cache is not None:
+                hit = self.cache.lookup(source_id(self.source, self.key), info)
+                if hit is not None and hit.link_to(self.dest):
+                    log.info("%s: reused from the cache (%s)", self.label, info.version)
+                    return Downloaded(hit.digests, info, time.monotonic() - started, cached=True)
+            meter = ProgressMeter(
+                self.label,
+                info.size if info.size >= 0 else None,
+                self.progress,
+                self.cfg.progress_interval_s,
+                cancel=self.cancel,
+            )
+            # A first range already read holds chunk 0: the rest must then come as chunks.
+            limit = self.cfg.chunk_size_bytes if first else self.cfg.multipart_threshold_bytes
+            chunked = info.ranges and info.size > limit
+            if chunked:
+                gate = self.gate or contextlib.nullcontext()
+                with gate:
+                    digests, resumed = self._chunked(info, first, record, meter)
+                    first = None
+            else:
+                self._drop_part()
+                digests, resumed = self._single(info, first, meter), 0
+                first = None
+        finally:
+            if first is not None:
+                first.stream.close()
+        meter.finish_report()
+        try:
+            verify(info, digests, self.label)
+        except IntegrityError as exc:
+            raise _Restart(exc) from None
+        os.replace(self.tmp, self.dest)
+        self.record_path.unlink(missing_ok=True)
+        if self.cache is not None:
+            self.cache.store(source_id(self.source, self.key), info, self.dest, digests)
+        return Downloaded(digests, info, time.monotonic() - started, resumed_bytes=resumed)
+
+    def _drop_part(self) -> None:
+        if self.record_path.exists():
+            self.cleanup()
+
+    # ------------------------------------------------------------------ one stream
+    def _single(
+        self, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
+    ) -> Digests:
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if 0 <= info.size <= self.cfg.multipart_threshold_bytes:
+                return self._small(info, first, fd, meter)
+            return self._stream(info, first, fd, meter)
+        finally:
+            os.close(fd)
+
+    def _small(
+        self, info: ObjectInfo, first: StreamContext | None, fd: int, meter: ProgressMeter
+    ) -> Digests:
+        buf = bytearray(info.size)
+        view = memoryview(buf)
+        if info.size > 0 or first is None:
+            if first is None and info.ranges and info.size > 0:
+                fetch_range(
+                    self.source,
+                    info,
+                    0,
+                    view,
+                    self.cfg,
+                    budget=RetryBudget(self.cfg.max_attempts),
+                    meter=meter,
+                    label=self.label,
+                    cancel=threading.Event(),
+                )
+            else:
+                # No ranges (or an empty object): the whole body, with the same retries.
+                fetch_range(
+                    _WholeBody(self.source),
+                    info,
+                    0,
+                    view,
+                    self.cfg,
+                    budget=RetryBudget(self.cfg.max_attempts),
+                    meter=meter,
+                    label=self.label,
+                    cancel=threading.Event(),
+                    first=first,
+                )
+        elif first is not None:
+            first.stream.close()
+        sink = HashWriteSink(fd, threads=False)
+        sink.feed(Piece(0, 0, view))
+        return sink.finish()
+
+    def _stream(
+        self, info: ObjectInfo, first: StreamContext | None, fd: int, meter: ProgressMeter
+    ) -> Digests:
+        """A large body in one stream (the server ignores ranges, or states no size)."""
+        pool = BufferPool(4, _STREAM_PIECE)
+        sink = HashWriteSink(fd, threads=True, free=lambda p: pool.release(p.buffer))
+        ctx = first or self.source.read(self.key, pin=info)
+        offset = 0
+        index = 0
+        try:
+            with ctx as body:
+                while True:
+                    buf = pool.acquire(index)
+                    view = memoryview(buf)
+                    n = _fill(body, view)
+                    if n == 0:
+                        pool.release(buf)
+                        break
+                    meter.add(n)
+                    sink.feed(Piece(index, offset, view[:n], buf))
+                    offset += n
+                    index += 1
+            return sink.finish()
+        except HaulError as exc:
+            sink.close()
+            if exc.retryable and not isinstance(exc, Changed):
+                raise _Restart(exc) from None
+            raise
+        finally:
+            sink.close()
+
+    # ------------------------------------------------------------------ chunks
+    def _chunked(
+        self,
+        info: ObjectInfo,
+        first: StreamContext | None,
+        record: PartRecord | None,
+        meter: ProgressMeter,
+    ) -> tuple[Digests, int]:
+        chunk = self.cfg.chunk_size_bytes
+        done: set[int] = set()
+        if (
+            record is not None
+            and record.matches(info.version, info.size, chunk)
+            and self.tmp.stat().st_size == info.size
+        ):
+            done = set(record.done)
+            fd = os.open(self.tmp, os.O_RDWR)
+        else:
+            self.cleanup()
+            record = None
+            fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _preallocate(fd, info.size)
+            except BaseException:
+                os.close(fd)
+                raise
+            if info.version is not None:
+                record = PartRecord(self.record_path, info.version, info.size, chunk)
+        resumed = sum(min(chunk, info.size - i * chunk) for i in done)
+        if resumed:
+            log.info("%s: resuming, %d bytes already on disk", self.label, resumed)
+            meter.reset(resumed)
+        written = _RecordKeeper(record) if record is not None else None
+        try:
+            job = ChunkedDownload(
+                self.source,
+                info,
+                fd,
+                self.cfg,
+                meter=meter,
+                label=self.label,
+                done=done,
+                first=first,
+                written=written,
+            )
+            digests = job.run().finish()
+        finally:
+            os.close(fd)
+        return digests, resumed
+
+
+class _RecordKeeper:
+    """Marks written chunks in the resume record; saves it every few chunks."""
+
+    def __init__(self, record: PartRecord) -> None:
+        self.record = record
+        self._since = 0
+
+    def __call__(self, piece: Piece) -> None:
+        if not piece.write:
+            return
+        self.record.done.add(piece.index)
+        self._since += 1
+        if self._since >= _RECORD_EVERY:
+            self._since = 0
+            self.record.save()
+
+
+class _WholeBody:
+    """Presents unranged reads through ``read(start=0, length=...)`` for :func:`fetch_range`."""
+
+    def __init__(self, source: ObjectSource) -> None:
+        self._source = source
+
+    def read(
+        self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
+    ) -> StreamContext:
+        return self._source.read(key, pin=pin)
+
+
+def _fill(body: object, view: memoryview) -> int:
+    readinto = body.readinto  # type: ignore[attr-defined]
+    got = 0
+    while got < len(view):
+        n = int(readinto(view[got:]))
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def download(
@@ -99,36 +383,38 @@ def download(
     info: ObjectInfo | None = None,
     label: str | None = None,
     progress: ProgressFn | None = None,
+    cache: Cache | None = None,
+    parallel_gate: AbstractContextManager[object] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Downloaded:
-    """Fetch ``key`` from ``source`` into ``dest`` (complete or absent), with its three hashes."""
+    """Fetch ``key`` from ``source`` into ``dest`` (complete or absent), with its three hashes.
+
+    ``cache`` reuses content this worker already has (validated against ``info`` or a fresh
+    stat); ``parallel_gate`` is entered around a chunked download, so a batch can keep one big
+    object at a time while small ones run alongside. Setting ``cancel`` stops the transfer
+    within one read with :class:`~worker.errors.Interrupted`, keeping the part file to resume.
+    """
     started = time.monotonic()
-    shown = label or str(dest)
-    tmp = part_path(dest)
+    job = _Job(source, key, dest, cfg, label or str(dest), progress, cache, parallel_gate, cancel)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    current: list[ObjectInfo | None] = [info]
-
-    def attempt() -> Downloaded:
-        obj = current[0] or source.stat(key)
-        current[0] = obj
-        meter = ProgressMeter(
-            shown, obj.size if obj.size >= 0 else None, progress, cfg.progress_interval_s
-        )
+    current = info
+    for restart in range(cfg.max_attempts):
         try:
-            digests = _stream_once(source, obj, tmp, meter, shown)
-        except Changed:
-            current[0] = None  # the object was replaced: start over from a fresh stat
+            return job.attempt(current, started)
+        except _Restart as exc:
+            cause: HaulError = exc.cause
+        except Changed as exc:
+            cause = exc
+        except Interrupted:
             raise
-        os.replace(tmp, dest)
-        return Downloaded(digests, obj, time.monotonic() - started)
-
-    try:
-        return retrying(
-            attempt,
-            attempts=cfg.max_attempts,
-            base_s=cfg.backoff_base_s,
-            max_s=cfg.backoff_max_s,
-            on_retry=lambda exc, n: log.warning("retrying %s (attempt %d): %s", shown, n + 1, exc),
-        )
-    finally:
-        tmp.unlink(missing_ok=True)
-        part_record_path(dest).unlink(missing_ok=True)
+        except Exception:
+            job.cleanup()
+            raise
+        # The object changed or arrived wrong: start it over from a fresh stat.
+        job.cleanup()
+        current = None
+        if restart == cfg.max_attempts - 1:
+            raise cause
+        log.warning("%s: starting over (attempt %d): %s", job.label, restart + 2, cause)
+        time.sleep(backoff_s(restart, cfg.backoff_base_s, cfg.backoff_max_s))
+    raise AssertionError("unreachable")

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker.errors import Interrupted
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -31,8 +33,10 @@ class ProgressMeter:
         report: ProgressFn | None,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.label = label
+        self._cancel = cancel
         self.total = total
         self._report = report
         self._interval = interval_s
@@ -43,6 +47,10 @@ class ProgressMeter:
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
+        # Every transfer path counts its bytes here, so this is where a stop request lands:
+        # within one read of being asked.
+        if n > 0 and self._cancel is not None and self._cancel.is_set():
+            raise Interrupted(f"{self.label}: transfer interrupted")
         with self._lock:
             self._done += n
             now = self._clock()
@@ -56,6 +64,14 @@ class ProgressMeter:
     def reset(self, done: int = 0) -> None:
         with self._lock:
             self._done = done
+
+    def finish_report(self) -> None:
+        """Report the final numbers, if this transfer reported anything before (a long one)."""
+        with self._lock:
+            reported = self._last != self._start
+            snapshot = self._snapshot(self._clock(), final=True)
+        if reported and self._report is not None:
+            self._report(snapshot)
 
     def finish(self) -> Progress:
         with self._lock:

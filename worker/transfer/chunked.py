@@ -1,0 +1,319 @@
+"""Parallel ranged chunks of one object, hashed and written in order with bounded buffers.
+
+``concurrency`` fetcher threads read chunks (``chunk_size_bytes`` each, pinned to the version
+of the first stat) straight into preallocated buffers. Chunks finish out of order; the calling
+thread hands them to the :class:`~worker.transfer.sink.HashWriteSink` in order as soon as the
+next one is there, and a buffer comes back to the pool once it is hashed and written.
+
+Memory: the pool holds ``concurrency + 2`` buffers whatever the object's size. Buffers are
+granted strictly in chunk order (a ticket per chunk), so the lowest chunk not yet hashed always
+owns a buffer or is next in line for one: fetchers can run ahead of hashing by at most the pool,
+and can never starve it (no deadlock when chunks already on disk are re-read on resume).
+
+A failed range is retried on its own (backoff with full jitter) within ``max_attempts`` per chunk
+and a budget for the whole object; a reset costs that chunk, not the file. A :class:`Changed`
+aborts the object at once: the caller starts over from a fresh stat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.errors import Changed, HaulError, IntegrityError
+from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
+from worker.transfer.config import TransferConfig
+from worker.transfer.progress import ProgressMeter
+from worker.transfer.retry import backoff_s
+from worker.transfer.sink import HashWriteSink, Piece
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """Raised inside fetchers once the download failed elsewhere."""
+
+
+class BufferPool:
+    """At most ``count`` buffers of ``size`` bytes, granted in ticket order."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = size
+        self._free: list[bytearray] = []
+        self._made = 0
+        self._next_ticket = 0
+        self._cond = threading.Condition()
+        self.cancelled = False
+        #: the most buffers ever out at once (tests check the bound)
+        self.peak_out = 0
+        #: threads waiting for a buffer right now
+        self.waiting = 0
+        self._out = 0
+
+    def acquire(self, ticket: int) -> bytearray:
+        with self._cond:
+            while not self.cancelled and (
+                ticket != self._next_ticket or (not self._free and self._made >= self.count)
+            ):
+                self.waiting += 1
+                self._cond.wait()
+                self.waiting -= 1
+            if self.cancelled:
+                raise Cancelled
+            self._next_ticket += 1
+            if self._free:
+                buf = self._free.pop()
+            else:
+                # Allocated on first use: a 20 MiB object never touches 80 MiB of buffers.
+                buf = bytearray(self.size)
+                self._made += 1
+            self._out += 1
+            self.peak_out = max(self.peak_out, self._out)
+            self._cond.notify_all()
+            return buf
+
+    def release(self, buf: bytearray) -> None:
+        with self._cond:
+            self._free.append(buf)
+            self._out -= 1
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
+
+def read_exactly(
+    ctx: StreamContext, view: memoryview, what: str, on_bytes: Callable[[int], None] | None
+) -> None:
+    """Fill ``view`` from the stream; a short or long body is an :class:`IntegrityError`."""
+    with ctx as body:
+        got = 0
+        want = len(view)
+        while got < want:
+            n = body.readinto(view[got:])
+            if n == 0:
+                raise IntegrityError(f"{what}: body ended after {got} of {want} bytes")
+            got += n
+            if on_bytes is not None:
+                on_bytes(n)
+        extra = bytearray(1)
+        if body.readinto(memoryview(extra)):
+            raise IntegrityError(f"{what}: body is longer than the {want} bytes asked for")
+
+
+@dataclass
+class RetryBudget:
+    """Retries left for one object, shared by its chunks (bounded, whatever the size)."""
+
+    left: int
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+
+class RangeReader(Protocol):
+    def read(
+        self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
+    ) -> StreamContext: ...
+
+
+def fetch_range(
+    source: RangeReader,
+    info: ObjectInfo,
+    start: int,
+    view: memoryview,
+    cfg: TransferConfig,
+    *,
+    budget: RetryBudget,
+    meter: ProgressMeter | None,
+    label: str,
+    cancel: threading.Event,
+    first: StreamContext | None = None,
+) -> None:
+    """Read ``len(view)`` bytes at ``start`` into ``view``, retrying this range alone."""
+    what = f"{label} bytes {start}-{start + len(view) - 1}"
+    for attempt in range(cfg.max_attempts):
+        counted = [0]
+
+        def on_bytes(n: int, counted: list[int] = counted) -> None:
+            counted[0] += n
+            if meter is not None:
+                meter.add(n)
+
+        try:
+            ctx = first if first is not None and attempt == 0 else None
+            if ctx is None:
+                ctx = source.read(info.key, start=start, length=len(view), pin=info)
+            read_exactly(ctx, view, what, on_bytes)
+        except Changed:
+            raise
+        except HaulError as exc:
+            if meter is not None and counted[0]:
+                meter.add(-counted[0])  # those bytes will come again
+            if not exc.retryable or attempt == cfg.max_attempts - 1 or not budget.take():
+                raise
+            log.info("retrying %s (attempt %d): %s", what, attempt + 2, exc)
+        else:
+            return
+        if cancel.wait(backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s)):
+            raise Cancelled
+    raise AssertionError("unreachable")
+
+
+def chunk_spans(size: int, chunk: int) -> Iterator[tuple[int, int, int]]:
+    """(index, offset, length) of every chunk."""
+    for index, offset in enumerate(range(0, size, chunk)):
+        yield index, offset, min(chunk, size - offset)
+
+
+class ChunkedDownload:
+    """One object's parallel download into ``fd`` (already sized), feeding ``sink`` in order."""
+
+    def __init__(
+        self,
+        source: ObjectSource,
+        info: ObjectInfo,
+        fd: int,
+        cfg: TransferConfig,
+        *,
+        meter: ProgressMeter,
+        label: str,
+        done: set[int] | None = None,
+        first: StreamContext | None = None,
+        written: Callable[[Piece], None] | None = None,
+    ) -> None:
+        self.source = source
+        self._written = written
+        self.info = info
+        self.fd = fd
+        self.cfg = cfg
+        self.meter = meter
+        self.label = label
+        self.spans = list(chunk_spans(info.size, cfg.chunk_size_bytes))
+        self.done = set(done or ())
+        self.pending = [s for s in self.spans if s[0] not in self.done]
+        workers = max(1, min(cfg.concurrency, len(self.pending)))
+        self.pool = BufferPool(min(workers + 2, len(self.spans)), cfg.chunk_size_bytes)
+        self.budget = RetryBudget(cfg.max_attempts * max(4, workers))
+        self.workers = workers
+        self._first = first if 0 not in self.done else None
+        self._cursor = 0
+        self._lock = threading.Lock()
+        self._ready: dict[int, bytearray] = {}
+        self._ready_cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._cancel = threading.Event()
+
+    # ------------------------------------------------------------------ fetchers
+    def _next_span(self) -> tuple[int, int, int] | None:
+        with self._lock:
+            if self._cursor >= len(self.pending):
+                return None
+            span = self.pending[self._cursor]
+            self._cursor += 1
+            return span
+
+    def _fetcher(self) -> None:
+        try:
+            while (span := self._next_span()) is not None:
+                index, offset, length = span
+                buf = self.pool.acquire(index)
+                first, self._first = (self._first, None) if index == 0 else (None, self._first)
+                fetch_range(
+                    self.source,
+                    self.info,
+                    offset,
+                    memoryview(buf)[:length],
+                    self.cfg,
+                    budget=self.budget,
+                    meter=self.meter,
+                    label=self.label,
+                    cancel=self._cancel,
+                    first=first,
+                )
+                with self._ready_cond:
+                    self._ready[index] = buf
+                    self._ready_cond.notify_all()
+        except Cancelled:
+            return
+        except BaseException as exc:  # noqa: BLE001 (handed to the ordering thread)
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._ready_cond:
+            if self._error is None:
+                self._error = exc
+            self._ready_cond.notify_all()
+        self._cancel.set()
+        self.pool.cancel()
+
+    def _wait_ready(self, index: int) -> bytearray:
+        with self._ready_cond:
+            while index not in self._ready and self._error is None:
+                self._ready_cond.wait()
+            if self._error is not None:
+                raise self._error
+            return self._ready.pop(index)
+
+    def _read_kept(self, view: memoryview, offset: int) -> None:
+        """A chunk finished by an earlier attempt, read back once to be hashed (resume)."""
+        if os.preadv(self.fd, [view], offset) != len(view):
+            raise IntegrityError(f"{self.label}: the part file is shorter than its record says")
+
+    # ------------------------------------------------------------------ ordering thread
+    def run(self, sink_factory: type[HashWriteSink] = HashWriteSink) -> HashWriteSink:
+        """Fetch, hash and write every chunk; returns the finished sink (call ``finish``)."""
+        sink = sink_factory(
+            self.fd,
+            threads=True,
+            free=lambda piece: self.pool.release(piece.buffer),
+            written=self._written,
+        )
+        threads = [
+            threading.Thread(target=self._fetcher, name=f"haul-fetch-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for index, offset, length in self.spans:
+                if index in self.done:
+                    buf = self.pool.acquire(index)
+                    view = memoryview(buf)[:length]
+                    self._read_kept(view, offset)
+                    sink.feed(Piece(index, offset, view, buf, write=False))
+                else:
+                    buf = self._wait_ready(index)
+                    sink.feed(Piece(index, offset, memoryview(buf)[:length], buf))
+        except Cancelled:
+            sink.close()
+            assert self._error is not None
+            raise self._error from None
+        except BaseException as exc:
+            self._fail(exc)
+            sink.close()
+            raise
+        finally:
+            if self._error is not None:
+                self._cancel.set()
+                self.pool.cancel()
+            for t in threads:
+                t.join()
+            if self._first is not None:
+                self._first.stream.close()
+                self._first = None
+        return sink

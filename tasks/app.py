@@ -5,67 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_shutdown
-from kombu.entity import Exchange, Queue
+from celery.signals import setup_logging, worker_process_shutdown, worker_ready
 
-from worker.constants import QUEUE_CONTROL, QUEUE_INPUTS, QUEUE_OUTPUTS, TASK_QUEUES
+from tasks.config import celery_config
 from worker.logs import configure_logging
 from worker.settings import Settings, load_settings
 
 settings: Settings = load_settings()
-
-
-def celery_config(s: Settings) -> dict[str, Any]:
-    vt = s.broker_visibility_timeout_s
-    return {
-        "broker_url": s.redis_url,
-        "result_backend": s.redis_url,
-        "result_expires": 7 * 24 * 3600,
-        "result_extended": True,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": 1,
-        "task_time_limit": s.task_time_limit_s,
-        "task_soft_time_limit": max(s.task_time_limit_s - 60, 30),
-        "task_track_started": True,
-        "task_default_queue": QUEUE_CONTROL,
-        # Each queue on its own direct exchange with its own name as routing key: what a
-        # plain `send_task(..., queue="haul.inputs")` from any Celery client publishes to.
-        "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in (QUEUE_INPUTS, QUEUE_OUTPUTS, QUEUE_CONTROL)
-        ],
-        "task_default_exchange": QUEUE_CONTROL,
-        "task_default_routing_key": QUEUE_CONTROL,
-        "task_routes": {
-            name: {"queue": queue, "exchange": queue, "routing_key": queue}
-            for name, queue in TASK_QUEUES.items()
-        },
-        "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": vt,
-            # kombu scans for unacked messages only every interval * throttle seconds
-            # (10 * 10 by default); scan often enough that a dead worker's message comes back
-            # within about the visibility timeout.
-            "unacked_restore_interval": max(1, min(10, vt // 10)),
-            "unacked_restore_throttle": 1,
-            "unacked_mutex_expire": max(10, min(300, vt // 2)),
-        },
-        "result_backend_transport_options": {"visibility_timeout": vt},
-        # SIGTERM (remapped to a cold shutdown by `haul worker`) first waits this long for
-        # running tasks, then requeues them: a soft shutdown.
-        "worker_soft_shutdown_timeout": s.shutdown_grace_s,
-        "worker_enable_soft_shutdown_on_idle": True,
-        "worker_hijack_root_logger": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_send_task_events": False,
-        "worker_concurrency": s.worker_concurrency,
-    }
-
 
 app = Celery("haul")
 app.conf.update(celery_config(settings))
@@ -74,6 +20,21 @@ app.conf.update(celery_config(settings))
 @setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     configure_logging(settings.log_format, settings.log_level)
+
+
+@worker_ready.connect
+def _sigterm_requeues(**_: Any) -> None:
+    """SIGTERM in the main process takes Celery's cold-shutdown path (as SIGQUIT does).
+
+    That path starts with the soft shutdown (``shutdown_grace_s`` for running tasks to
+    finish), then terminates the pool and requeues what is unacknowledged, so a stopped pod
+    hands its work on at once instead of holding it until the end (Celery's default warm
+    shutdown) or the visibility timeout. Celery's ``REMAP_SIGTERM`` is not used: with it the
+    pool's children ignore the very signal the pool then terminates them with.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGQUIT))
 
 
 @worker_process_shutdown.connect

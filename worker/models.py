@@ -18,7 +18,16 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 InputName = Annotated[str, Field(pattern=NAME_PATTERN)]
 KeepDirectories = Literal["none", "full", "suffix"]
-URL_SCHEMES = ("s3://", "azure://", "gs://", "swift://", "http://", "https://", "datum://")
+URL_SCHEMES = (
+    "s3://",
+    "azure://",
+    "gs://",
+    "swift://",
+    "http://",
+    "https://",
+    "datum://",
+    "file://",
+)
 
 
 class _Message(BaseModel):
@@ -45,8 +54,8 @@ class InputSpec(_Message):
         for url in urls:
             if not url.startswith(URL_SCHEMES):
                 raise ValueError(
-                    "unsupported URL form; use s3://, azure://, gs://, swift://, http(s):// or "
-                    "datum://"
+                    "unsupported URL form; use s3://, azure://, gs://, swift://, http(s)://, "
+                    "datum:// or file:// (inside a declared local store)"
                 )
             if any(ch in url for ch in "\x00\r\n"):
                 raise ValueError("URLs cannot contain NUL or line breaks")

@@ -89,7 +89,9 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
                 redact_url(source.uri(info.key)),
                 source,
                 info.key,
-                info,
+                # A listing that cannot judge the checksum (S3: no encryption info; Swift: DLO
+                # manifests look plain) is dropped, so the download stats and checks the md5.
+                None if info.checksum_note.startswith("unknown") else info,
                 _checked(_key_rel(info.key, spec.keep_directories, base), raw),
             )
             for info in found

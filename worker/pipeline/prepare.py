@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from worker.constants import (
     EV_INPUT_SKIPPED,
     EV_INPUTS_FAILED,
     EV_INPUTS_READY,
+    EV_PROGRESS,
     HAUL_LOG,
     INPUTS_DIR,
     INPUTS_JSON,
@@ -26,7 +27,7 @@ from worker.constants import (
     PART_RECORD_SUFFIX,
     PART_SUFFIX,
 )
-from worker.errors import HaulError
+from worker.errors import HaulError, NotFound
 from worker.events import now_iso
 from worker.hashing import Digests
 from worker.models import (
@@ -39,6 +40,7 @@ from worker.models import (
     PrepareInputs,
     SeenContent,
     SourceInfo,
+    TransferProgress,
 )
 from worker.paths import safe_join
 from worker.pipeline.plan import PlannedFile, plan_input
@@ -47,7 +49,8 @@ from worker.records.change_memory import Seen, change_message
 from worker.records.haul_log import HaulLog
 from worker.records.inputs_json import InputFile, write_inputs_json
 from worker.stores.base import ObjectInfo
-from worker.transfer.download import Downloaded, download
+from worker.transfer.batch import BatchItem, BatchResult, download_many
+from worker.transfer.download import Downloaded
 from worker.transfer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -101,22 +104,8 @@ class _Job:
         return f"{self.mount}/{f.input}/{f.rel}"
 
     # ------------------------------------------------------------------ one file
-    def fetch(self, f: PlannedFile) -> _Fetched:
-        dest = self.dest(f)
-        shown = self.shown_path(f)
-        field = f"{f.input}/{f.rel}"
-        reused = self._reuse(field, dest, f)
-        if reused is not None:
-            return _Fetched(f, reused, shown)
-        result = download(
-            f.source,
-            f.key,
-            dest,
-            self.rt.transfer,
-            info=f.info,
-            label=shown,
-            progress=self.progress,
-        )
+    def remember(self, f: PlannedFile, result: Downloaded) -> None:
+        """Note a finished file, so a redelivered message reuses it instead of fetching again."""
         record = {
             **result.digests.as_dict(),
             "size": result.digests.size,
@@ -127,14 +116,39 @@ class _Job:
             "checksum": result.info.checksum_note,
         }
         pipe = self.rt.redis.pipeline()
-        pipe.hset(_done_key(self.msg.execution_id), field, json.dumps(record))
+        pipe.hset(_done_key(self.msg.execution_id), f"{f.input}/{f.rel}", json.dumps(record))
         pipe.expire(_done_key(self.msg.execution_id), _DONE_TTL_S)
         pipe.execute()
-        return _Fetched(f, result, shown)
 
-    def _reuse(self, field: str, dest: Path, f: PlannedFile) -> Downloaded | None:
+    def report(self, p: Progress) -> None:
+        """Long transfers: bytes, rate and ETA to the worker log and the events stream."""
+        log.info(
+            "%s: %s of %s, %.1f MB/s, eta %s",
+            p.label,
+            p.bytes_done,
+            p.bytes_total if p.bytes_total is not None else "?",
+            p.rate_bytes_s / 1e6,
+            f"{p.eta_s:.0f} s" if p.eta_s is not None else "?",
+        )
+        self.rt.events.publish(
+            EV_PROGRESS,
+            self.msg.execution_id,
+            TransferProgress(
+                execution_id=self.msg.execution_id,
+                path=p.label,
+                bytes_done=p.bytes_done,
+                bytes_total=p.bytes_total,
+                rate_bytes_s=round(p.rate_bytes_s, 1),
+                eta_s=None if p.eta_s is None else round(p.eta_s, 1),
+            ),
+            self.msg.execution_id,
+            p.label,
+            str(p.bytes_done),
+        )
+
+    def reuse(self, f: PlannedFile, dest: Path) -> Downloaded | None:
         """A redelivered message: the file is already complete at its final name."""
-        raw = self.rt.redis.hget(_done_key(self.msg.execution_id), field)
+        raw = self.rt.redis.hget(_done_key(self.msg.execution_id), f"{f.input}/{f.rel}")
         if raw is None or not dest.is_file():
             return None
         rec = json.loads(raw)
@@ -272,36 +286,59 @@ def prepare_inputs(
             skipped.append({"input": spec.name, "url": url, "reason": reason})
 
     results: dict[str, list[InputFile]] = {name: [] for name in planned}
-    order = {id(f): i for i, f in enumerate(f for files in planned.values() for f in files)}
-    fetched: list[_Fetched] = []
     everything = [f for files in planned.values() for f in files]
-    with ThreadPoolExecutor(
-        max_workers=runtime.transfer.files_in_flight, thread_name_prefix="haul-file"
-    ) as pool:
-        futures: dict[Future[_Fetched], PlannedFile] = {
-            pool.submit(job.fetch, f): f for f in everything
-        }
-        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for fut in pending:
-            fut.cancel()
-        failure: tuple[HaulError, PlannedFile] | None = None
-        for fut in futures:
-            if fut.cancelled():
-                continue
-            error = fut.exception()
-            if error is None:
-                fetched.append(fut.result())
-            elif failure is None:
-                if not isinstance(error, HaulError):
-                    job.sweep_parts()
-                    raise error
-                failure = (error, futures[fut])
-    if failure is not None:
-        error, bad = failure
+    optional = {spec.name: spec.optional for spec in msg.inputs}
+    got: dict[int, _Fetched] = {}
+    items: list[BatchItem] = []
+    positions: list[int] = []
+    try:
+        for i, f in enumerate(everything):
+            dest = job.dest(f)
+            reused = job.reuse(f, dest)
+            if reused is not None:
+                got[i] = _Fetched(f, reused, job.shown_path(f))
+            else:
+                items.append(BatchItem(f.source, f.key, dest, f.info, job.shown_path(f)))
+                positions.append(i)
+    except HaulError as exc:
+        job.failed(exc, f, None, None)
+        raise InputsFailedError(f"input {f.input!r}: {exc}") from exc
+
+    lock = threading.Lock()
+    stop = threading.Event()
+    failures: list[tuple[HaulError, PlannedFile]] = []
+
+    def on_done(res: BatchResult) -> None:
+        f = everything[positions[res.index]]
+        if res.downloaded is not None:
+            job.remember(f, res.downloaded)
+            with lock:
+                got[positions[res.index]] = _Fetched(f, res.downloaded, job.shown_path(f))
+        elif isinstance(res.error, NotFound) and optional[f.input]:
+            reason = f"optional input missing: {res.error}"
+            job.skipped(f.input, f.url, reason)
+            with lock:
+                skipped.append({"input": f.input, "url": f.url, "reason": reason})
+        elif res.error is not None:
+            with lock:
+                if not stop.is_set():
+                    failures.append((res.error, f))
+                    stop.set()
+
+    download_many(
+        items,
+        runtime.transfer,
+        cache=runtime.cache,
+        progress=job.report,
+        on_done=on_done,
+        stop=stop,
+    )
+    if failures:
+        error, bad = failures[0]
         job.failed(error, bad, None, None)
         raise InputsFailedError(f"input {bad.input!r}: {error}") from error
+    fetched = [got[i] for i in sorted(got)]
 
-    fetched.sort(key=lambda x: order[id(x.planned)])
     for item in fetched:
         results[item.planned.input].append(job.record(item))
     write_inputs_json(job.exec_dir / CONFIG_DIR / INPUTS_JSON, results)

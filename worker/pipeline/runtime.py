@@ -17,6 +17,7 @@ from worker.settings import LocalStoreConfig, Settings, StoreSecrets
 from worker.stores.base import ObjectSource, Store
 from worker.stores.http import HttpSource
 from worker.stores.registry import adhoc_config, build_store, owns
+from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
 from worker.urls import ParsedURL
 
@@ -30,6 +31,7 @@ class Runtime:
     http: HttpSource
     datums: DatumIndex
     changes: ChangeMemory
+    cache: Cache | None = None
     _stores: dict[str, Store] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,6 +50,7 @@ class Runtime:
             ),
             datums=DatumIndex(client),
             changes=ChangeMemory(client),
+            cache=Cache.from_settings(settings),
         )
 
     def close(self) -> None:

@@ -92,6 +92,10 @@ def _translate(exc: Exception, where: str, op: Op) -> StoreError:
         if code in _TRANSIENT or status == 429 or status >= 500:
             return TransientError(f"{where}: temporary server error ({detail})")
         return StoreError(f"{where}: request failed ({detail})")
+    if isinstance(exc, bce.FlexibleChecksumError):
+        # botocore checks a stated CRC32/SHA checksum of a body itself (response checksum
+        # validation): bytes that differ from it are an integrity error, retried like an md5 one.
+        return IntegrityError(f"{where}: the body does not match the server's stated checksum")
     if isinstance(exc, bce.IncompleteReadError):
         return IntegrityError(f"{where}: the body ended early ({type(exc).__name__})")
     if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):

@@ -22,12 +22,12 @@ import base64
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -53,14 +53,13 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import AzureStoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._retry import RetryPolicy
+from worker.stores._sdk import Op, SdkStore
 from worker.stores._stream import CountedStream, range_end
-from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+from worker.stores.base import ObjectInfo, StreamContext
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Op = Literal["read", "create", "other"]
 MiB = 1024 * 1024
 MAX_BLOCKS = 50_000
 
@@ -113,8 +112,13 @@ def _default_credential() -> Any:
     return DefaultAzureCredential()
 
 
-class AzureStore(SourceBase):
+class AzureStore(SdkStore):
     """One container (and key prefix) of an Azure storage account."""
+
+    sdk_errors = (AzureError,)
+
+    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return _translate(exc, where, op)
 
     def __init__(
         self,
@@ -164,22 +168,9 @@ class AzureStore(SourceBase):
     # -- the translation boundary ------------------------------------------------------------
 
     def _where(self, key: str) -> str:
+        if not hasattr(self, "account"):  # an error while connecting, before the account is known
+            return f"azure store {self.name!r}"
         return self.uri(key) if key else f"azure://{self.account}/{self.container}"
-
-    @contextmanager
-    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
-        try:
-            yield
-        except AzureError as exc:
-            where = self._where(key) if hasattr(self, "account") else f"azure store {self.name!r}"
-            raise _translate(exc, where, op) from None
-
-    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
-        def once() -> T:
-            with self._sdk(key, op):
-                return fn()
-
-        return call_with_retry(once, self.retry)
 
     def _blob(self, key: str) -> Any:
         return self._container.get_blob_client(key)
@@ -322,11 +313,6 @@ class AzureStore(SourceBase):
 
     def put_record(self, key: str, data: bytes) -> None:
         self._call(lambda: self._blob(key).upload_blob(data, overwrite=True), key)
-
-    def get_record(self, key: str) -> bytes:
-        with self.read(key) as stream:
-            assert isinstance(stream, CountedStream)
-            return stream.read_all()
 
     def close(self) -> None:
         self._service.close()

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import google.api_core.exceptions as gexc
@@ -44,12 +43,11 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import GCSStoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._retry import RetryPolicy
+from worker.stores._sdk import Op, SdkStore
 from worker.stores._stream import CountedStream, range_end
-from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+from worker.stores.base import ObjectInfo, StreamContext
 
-T = TypeVar("T")
-Op = Literal["read", "create", "other"]
 MiB = 1024 * 1024
 RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes are multiples of 256 KiB
 
@@ -115,8 +113,13 @@ def _b64_to_hex(value: str) -> str:
     return base64.b64decode(value).hex()
 
 
-class GCSStore(SourceBase):
+class GCSStore(SdkStore):
     """One bucket (and key prefix) of Google Cloud Storage."""
+
+    sdk_errors = _SDK_ERRORS
+
+    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return _translate(exc, where, op)
 
     def __init__(
         self,
@@ -168,20 +171,6 @@ class GCSStore(SourceBase):
     def _where(self, key: str) -> str:
         return self.uri(key) if key else f"gs://{self.bucket_name}"
 
-    @contextmanager
-    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
-        try:
-            yield
-        except _SDK_ERRORS as exc:
-            raise _translate(exc, self._where(key), op) from None
-
-    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
-        def once() -> T:
-            with self._sdk(key, op):
-                return fn()
-
-        return call_with_retry(once, self.retry)
-
     # -- ObjectSource ------------------------------------------------------------------------
 
     def uri(self, key: str) -> str:
@@ -199,7 +188,11 @@ class GCSStore(SourceBase):
         if md5:
             note = "md5: md5Hash"
         elif crc is not None:
-            note = "crc32c: a composite object has no md5Hash"
+            # haul hashes md5/sha1/sha256, not crc32c: say plainly that only the size is checked.
+            note = (
+                "none: a composite object states only crc32c, which haul does not check; "
+                "size checked"
+            )
         else:
             note = "none: the object states no checksum"
         generation = str(blob.generation) if blob.generation is not None else None
@@ -295,11 +288,6 @@ class GCSStore(SourceBase):
             ),
             key,
         )
-
-    def get_record(self, key: str) -> bytes:
-        with self.read(key) as stream:
-            assert isinstance(stream, CountedStream)
-            return stream.read_all()
 
     def close(self) -> None:
         self._client.close()

@@ -23,12 +23,11 @@ import hashlib
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -45,14 +44,13 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import S3StoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._retry import RetryPolicy
+from worker.stores._sdk import Op, SdkStore
 from worker.stores._stream import CountedStream, range_end
-from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+from worker.stores.base import ObjectInfo, StreamContext
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Op = Literal["read", "create", "other"]
 MiB = 1024 * 1024
 MIN_PART_BYTES = 5 * MiB
 MAX_PARTS = 10_000
@@ -132,8 +130,13 @@ def _b64_md5(hex_md5: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_md5)).decode("ascii")
 
 
-class S3Store(SourceBase):
+class S3Store(SdkStore):
     """One bucket (and key prefix) of S3 or an S3-compatible service."""
+
+    sdk_errors = (bce.ClientError, bce.BotoCoreError)
+
+    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return _translate(exc, where, op)
 
     def __init__(
         self,
@@ -187,20 +190,6 @@ class S3Store(SourceBase):
 
     def _where(self, key: str) -> str:
         return self.uri(key) if key else f"s3://{self.bucket}"
-
-    @contextmanager
-    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
-        try:
-            yield
-        except (bce.ClientError, bce.BotoCoreError) as exc:
-            raise _translate(exc, self._where(key), op) from None
-
-    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
-        def once() -> T:
-            with self._sdk(key, op):
-                return fn()
-
-        return call_with_retry(once, self.retry)
 
     # -- ObjectSource ------------------------------------------------------------------------
 
@@ -464,11 +453,6 @@ class S3Store(SourceBase):
             ),
             key,
         )
-
-    def get_record(self, key: str) -> bytes:
-        with self.read(key) as stream:
-            assert isinstance(stream, CountedStream)
-            return stream.read_all()
 
 
 class _EmptyStream:

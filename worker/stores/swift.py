@@ -31,13 +31,13 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, MutableSequence, Sequence
+from collections.abc import Iterator, MutableSequence, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import requests.exceptions as rexc
 from swiftclient.client import Connection
@@ -53,14 +53,13 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Settings, StoreSecrets, SwiftStoreConfig
-from worker.stores._retry import RetryPolicy, call_with_retry
+from worker.stores._retry import RetryPolicy
+from worker.stores._sdk import Op, SdkStore
 from worker.stores._stream import CountedStream, range_end
-from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+from worker.stores.base import ObjectInfo, StreamContext
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Op = Literal["read", "create", "other"]
 MiB = 1024 * 1024
 READ_CHUNK_BYTES = 1 * MiB
 MAX_SEGMENTS = 1000  # Swift's default max_manifest_segments
@@ -117,8 +116,13 @@ def _iso(value: str | None) -> str | None:
         return None
 
 
-class SwiftStore(SourceBase):
+class SwiftStore(SdkStore):
     """One container (and key prefix) of an OpenStack Swift account."""
+
+    sdk_errors = (ClientException, rexc.RequestException, OSError)
+
+    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return _translate(exc, where, op)
 
     def __init__(
         self,
@@ -206,20 +210,6 @@ class SwiftStore(SourceBase):
 
     def _where(self, key: str) -> str:
         return self.uri(key) if key else f"swift://{self.project or ''}/{self.container}"
-
-    @contextmanager
-    def _sdk(self, key: str, op: Op = "other") -> Iterator[None]:
-        try:
-            yield
-        except (ClientException, rexc.RequestException, OSError) as exc:
-            raise _translate(exc, self._where(key), op) from None
-
-    def _call(self, fn: Callable[[], T], key: str, op: Op = "other") -> T:
-        def once() -> T:
-            with self._sdk(key, op):
-                return fn()
-
-        return call_with_retry(once, self.retry)
 
     # -- ObjectSource ------------------------------------------------------------------------
 
@@ -429,11 +419,6 @@ class SwiftStore(SourceBase):
             ),
             key,
         )
-
-    def get_record(self, key: str) -> bytes:
-        with self.read(key) as stream:
-            assert isinstance(stream, CountedStream)
-            return stream.read_all()
 
     def close(self) -> None:
         conn = self._local.conn

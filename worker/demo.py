@@ -240,9 +240,18 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         return
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # haul asks for the first byte only to learn size and ETag, then hangs up: a closed
+        # connection here is normal, not worth a traceback on the demo's screen.
+        return
+
+
 @dataclass
 class HttpServer:
-    server: http.server.ThreadingHTTPServer
+    server: _QuietServer
     thread: threading.Thread
 
     @property
@@ -253,8 +262,7 @@ class HttpServer:
 @contextlib.contextmanager
 def serve_directory(root: Path) -> Iterator[HttpServer]:
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
     )

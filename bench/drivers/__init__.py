@@ -1,0 +1,1 @@
+"""Small programs the benchmark runs as child processes, so each is measured on its own."""

@@ -18,6 +18,7 @@ aborts the object at once: the caller starts over from a fresh stat.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ from worker.transfer.sink import HashWriteSink, Piece
 
 log = logging.getLogger(__name__)
 
+Buffer = mmap.mmap
+
 
 class Cancelled(Exception):
     """Raised inside fetchers once the download failed elsewhere."""
@@ -44,7 +47,7 @@ class BufferPool:
     def __init__(self, count: int, size: int) -> None:
         self.count = count
         self.size = size
-        self._free: list[bytearray] = []
+        self._free: list[Buffer] = []
         self._made = 0
         self._next_ticket = 0
         self._cond = threading.Condition()
@@ -55,7 +58,7 @@ class BufferPool:
         self.waiting = 0
         self._out = 0
 
-    def acquire(self, ticket: int) -> bytearray:
+    def acquire(self, ticket: int) -> Buffer:
         with self._cond:
             while not self.cancelled and (
                 ticket != self._next_ticket or (not self._free and self._made >= self.count)
@@ -70,14 +73,15 @@ class BufferPool:
                 buf = self._free.pop()
             else:
                 # Allocated on first use: a 20 MiB object never touches 80 MiB of buffers.
-                buf = bytearray(self.size)
+                # Anonymous maps are page-aligned, which O_DIRECT writes need.
+                buf = mmap.mmap(-1, self.size)
                 self._made += 1
             self._out += 1
             self.peak_out = max(self.peak_out, self._out)
             self._cond.notify_all()
             return buf
 
-    def release(self, buf: bytearray) -> None:
+    def release(self, buf: Buffer) -> None:
         with self._cond:
             self._free.append(buf)
             self._out -= 1
@@ -195,7 +199,9 @@ class ChunkedDownload:
         done: set[int] | None = None,
         first: StreamContext | None = None,
         written: Callable[[Piece], None] | None = None,
+        direct_fd: int | None = None,
     ) -> None:
+        self.direct_fd = direct_fd
         self.source = source
         self._written = written
         self.info = info
@@ -213,7 +219,7 @@ class ChunkedDownload:
         self._first = first if 0 not in self.done else None
         self._cursor = 0
         self._lock = threading.Lock()
-        self._ready: dict[int, bytearray] = {}
+        self._ready: dict[int, Buffer] = {}
         self._ready_cond = threading.Condition()
         self._error: BaseException | None = None
         self._cancel = threading.Event()
@@ -261,7 +267,7 @@ class ChunkedDownload:
         self._cancel.set()
         self.pool.cancel()
 
-    def _wait_ready(self, index: int) -> bytearray:
+    def _wait_ready(self, index: int) -> Buffer:
         with self._ready_cond:
             while index not in self._ready and self._error is None:
                 self._ready_cond.wait()
@@ -282,6 +288,7 @@ class ChunkedDownload:
             threads=True,
             free=lambda piece: self.pool.release(piece.buffer),
             written=self._written,
+            direct_fd=self.direct_fd,
         )
         threads = [
             threading.Thread(target=self._fetcher, name=f"haul-fetch-{i}", daemon=True)

@@ -38,7 +38,7 @@ from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressFn, ProgressMeter
 from worker.transfer.resume import PartRecord
 from worker.transfer.retry import backoff_s, retrying
-from worker.transfer.sink import HashWriteSink, Piece
+from worker.transfer.sink import HashWriteSink, Piece, open_direct
 
 if TYPE_CHECKING:
     from worker.transfer.cache import Cache
@@ -316,6 +316,7 @@ class _Job:
             log.info("%s: resuming, %d bytes already on disk", self.label, resumed)
             meter.reset(resumed)
         written = _RecordKeeper(record) if record is not None else None
+        direct_fd = open_direct(self.tmp)
         try:
             job = ChunkedDownload(
                 self.source,
@@ -327,10 +328,13 @@ class _Job:
                 done=done,
                 first=first,
                 written=written,
+                direct_fd=direct_fd,
             )
             digests = job.run().finish()
         finally:
             os.close(fd)
+            if direct_fd is not None:
+                os.close(direct_fd)
         return digests, resumed
 
 

@@ -7,6 +7,7 @@ address policy is swapped for one that allows exactly 127.0.0.1 and nothing else
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +34,8 @@ def test_redirect_to_a_private_address_is_refused(www: TestHTTPServer, fast: boo
     with HttpSource(allow_private=False, fast=fast) as src:
         assert src.stat(www.url("/ok.txt")).size == 4  # the "public" host itself is fine
         target = www.url("/ok.txt").replace("127.0.0.1", "127.0.0.2")
-        with pytest.raises(ForbiddenAddress, match="127.0.0.2"):
+        with pytest.raises(ForbiddenAddress, match=re.escape("127.0.0.2")):
             src.stat(www.redirect_to_url(target))
         metadata = "http://169.254.169.254/latest/meta-data/"
-        with pytest.raises(ForbiddenAddress, match="169.254.169.254"):
+        with pytest.raises(ForbiddenAddress, match=re.escape("169.254.169.254")):
             src.stat(www.redirect_to_url(metadata))

@@ -12,7 +12,7 @@ import pytest
 
 from tests.engine.conftest import SMALL_CFG, digests_of, leftovers
 from tests.support.httpserver import TestHTTPServer
-from worker.errors import AlreadyExists, NotFound
+from worker.errors import NotFound
 from worker.fetch import run_fetch
 from worker.hashing import Digests
 from worker.settings import Settings
@@ -176,44 +176,11 @@ def test_batch_reports_per_item_errors(
 # ---------------------------------------------------------------------------------- upload
 
 
-class MemoryMultipart(LocalStore):
-    """A local store that also takes multipart uploads (parts kept in memory)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__("mp", root)
-        self.parts_sent: list[int] = []
-        self.lock = threading.Lock()
-
-    def start_multipart(self, key: str, *, size: int, part_size_bytes: int) -> _Upload:
-        return _Upload(self, key)
-
-
-class _Upload:
-    def __init__(self, store: MemoryMultipart, key: str) -> None:
-        self.store = store
-        self.key = key
-        self.parts: dict[int, bytes] = {}
-
-    def upload_part(self, number: int, data: memoryview) -> None:
-        with self.store.lock:
-            self.parts[number] = bytes(data)
-            self.store.parts_sent.append(number)
-
-    def complete(self) -> None:
-        target = self.store.root / self.key
-        if target.exists():
-            raise AlreadyExists(self.key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(b"".join(self.parts[n] for n in sorted(self.parts)))
-
-    def abort(self) -> None:
-        self.parts.clear()
-
-
-def test_upload_in_parallel_parts_then_deduplicated(tmp_path: Path, blob: bytes) -> None:
+def test_upload_then_deduplicated(tmp_path: Path, blob: bytes) -> None:
+    """The second upload of the same content sends nothing and reports deduplicated."""
     from worker.transfer.upload import upload
 
-    store = MemoryMultipart(tmp_path / "store")
+    store = LocalStore("plain", tmp_path / "store")
     src = tmp_path / "out.bin"
     src.write_bytes(blob)
 
@@ -222,10 +189,11 @@ def test_upload_in_parallel_parts_then_deduplicated(tmp_path: Path, blob: bytes)
 
     first = upload(store, src, key_for, SMALL_CFG)
     assert first.digests == digests_of(blob) and not first.deduplicated
-    assert sorted(store.parts_sent) == list(range(1, 11))
     assert (store.root / first.key).read_bytes() == blob
+    mtime = (store.root / first.key).stat().st_mtime_ns
     again = upload(store, src, key_for, SMALL_CFG)
     assert again.deduplicated and again.key == first.key
+    assert (store.root / first.key).stat().st_mtime_ns == mtime
 
 
 def test_upload_small_file_uses_conditional_create(tmp_path: Path) -> None:

@@ -145,28 +145,3 @@ class SourceBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class MultipartUpload(Protocol):
-    """One multipart upload in progress (see :class:`MultipartStore`)."""
-
-    def upload_part(self, number: int, data: memoryview) -> None:
-        """Send part ``number`` (1-based); ``data`` is only valid during the call. Thread-safe."""
-        ...
-
-    def complete(self) -> None:
-        """Assemble the parts at the key, only if the key does not exist (AlreadyExists)."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the parts sent so far; never raises for an upload that is already gone."""
-        ...
-
-
-@runtime_checkable
-class MultipartStore(Store, Protocol):
-    """A store that takes large objects as parts sent in parallel (optional extension)."""
-
-    def start_multipart(self, key: str, *, size: int, part_size_bytes: int) -> MultipartUpload:
-        """Begin an upload of ``size`` bytes at ``key`` in parts of ``part_size_bytes``."""
-        ...

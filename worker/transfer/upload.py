@@ -2,28 +2,26 @@
 
 The key depends on the sha256, so the hashes come first: one read of the file through the same
 in-order sink as downloads (md5 on one thread, sha1 + sha256 on another). The store is then asked
-whether that content is already there, and only new content is sent. Stores that implement
-:class:`~worker.stores.base.MultipartStore` get large files as parallel parts (``concurrency``
-parts in flight, one buffer each, each part retried on its own); others get the store's
-conditional create, with the md5 so the store can reject bytes that differ from the ones hashed.
-A file that changes between hashing and sending is refused (:class:`Changed`).
+whether that content is already there, and only new content is sent, with the store's
+conditional create and the md5, so the store can reject bytes that differ from the ones hashed.
+Each backend sends large files as parallel parts itself (S3 multipart, Azure blocks, Swift SLO
+segments, GCS resumable chunks), because how parts are assembled, and conditionally, differs
+per store. A file that changes between hashing and sending is refused (:class:`Changed`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import AlreadyExists, Changed, HaulError, NotFound
 from worker.hashing import Digests
-from worker.stores.base import MultipartStore, MultipartUpload, Store
-from worker.transfer.chunked import BufferPool, chunk_spans
+from worker.stores.base import Store
+from worker.transfer.chunked import BufferPool
 from worker.transfer.config import TransferConfig
 from worker.transfer.retry import retrying
 from worker.transfer.sink import HashWriteSink, Piece
@@ -74,58 +72,6 @@ def hash_local(path: Path, *, threaded_above: int = 16 * 1024 * 1024) -> Digests
         os.close(fd)
 
 
-def _send_parts(
-    store: MultipartStore, key: str, path: Path, digests: Digests, cfg: TransferConfig
-) -> bool:
-    """Multipart upload; returns True when the key turned out to be taken already."""
-    spans = list(chunk_spans(digests.size, cfg.chunk_size_bytes))
-    upload: MultipartUpload = store.start_multipart(
-        key, size=digests.size, part_size_bytes=cfg.chunk_size_bytes
-    )
-    local = threading.local()
-    failed = threading.Event()
-    fd = os.open(path, os.O_RDONLY)
-
-    def send(span: tuple[int, int, int]) -> None:
-        if failed.is_set():
-            return
-        index, offset, length = span
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = bytearray(cfg.chunk_size_bytes)
-        view = memoryview(buf)[:length]
-        if os.preadv(fd, [view], offset) != length:
-            raise Changed(f"{path.name} shrank while it was being stored")
-        try:
-            retrying(
-                lambda: upload.upload_part(index + 1, view),
-                attempts=cfg.max_attempts,
-                base_s=cfg.backoff_base_s,
-                max_s=cfg.backoff_max_s,
-            )
-        except BaseException:
-            failed.set()  # parts not started yet are skipped
-            raise
-
-    try:
-        workers = max(1, min(cfg.concurrency, len(spans)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="haul-part") as pool:
-            futures = [pool.submit(send, span) for span in spans]
-            for future in futures:
-                future.result()
-        try:
-            upload.complete()
-        except AlreadyExists:
-            return True
-        else:
-            return False
-    except BaseException:
-        upload.abort()
-        raise
-    finally:
-        os.close(fd)
-
-
 def upload(
     store: Store,
     path: Path,
@@ -148,14 +94,6 @@ def upload(
             return True
         if _identity(path) != before:
             raise Changed(f"{path.name} changed while it was being stored")
-        if isinstance(store, MultipartStore) and digests.size > cfg.multipart_threshold_bytes:
-            taken = _send_parts(store, key, path, digests, cfg)
-            if _identity(path) != before:
-                # The parts may hold bytes that were not hashed: remove what was stored.
-                if not taken:
-                    store.delete(key)
-                raise Changed(f"{path.name} changed while it was being stored")
-            return taken
         try:
             store.create(key, path, size=digests.size, md5=digests.md5)
         except AlreadyExists:

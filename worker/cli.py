@@ -450,8 +450,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hash(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.hashing import hash_file
     from worker.records.haul_log import file_lines
+    from worker.transfer.sink import hash_path
 
     status = EXIT_OK
     for name in args.files:
@@ -461,7 +461,7 @@ def cmd_hash(args: argparse.Namespace, settings: Settings) -> int:
             status = EXIT_FAILED
             continue
         try:
-            digests = hash_file(path)
+            digests = hash_path(path)
         except OSError as exc:
             _err(f"{name}: cannot read: {exc.strerror or exc}")
             status = EXIT_FAILED

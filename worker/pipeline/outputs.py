@@ -198,7 +198,7 @@ def store_outputs(runtime: Runtime, msg: StoreOutputs) -> dict[str, Any]:
     try:
         if not job.outputs.is_dir() or job.outputs.is_symlink():
             raise OutputsFailedError(f"execution {msg.execution_id} has no outputs/ folder")
-        store = runtime.store(job.store_name)
+        store = runtime.sources.store(job.store_name)
         candidates, refused = scan(job.outputs)
         for rel, reason in refused:
             job.refuse(rel, reason)

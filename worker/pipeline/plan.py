@@ -16,13 +16,12 @@ from worker.models import InputSpec
 from worker.paths import clean_relative
 from worker.pipeline.runtime import Runtime
 from worker.stores.base import ObjectInfo, ObjectSource
+from worker.stores.resolver import expand_wildcard
 from worker.urls import (
     ParsedURL,
-    matches,
     parse_input_url,
     redact_url,
     suffix_base,
-    wildcard_prefix,
 )
 
 Skipped = list[tuple[str, str]]
@@ -70,18 +69,13 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
     shown = redact_url(raw)
     if url.scheme in {"http", "https"}:
         rel = _http_rel(raw, spec.keep_directories)
-        return [PlannedFile(spec.name, shown, runtime.http, raw, None, _checked(rel, raw))]
+        http = runtime.sources.http()
+        return [PlannedFile(spec.name, shown, http, raw, None, _checked(rel, raw))]
     if url.scheme == "datum":
         return [_datum(runtime, spec, url)]
-    source, key = runtime.source_for(url)
+    source, key = runtime.sources.for_url(url)
     if url.has_wildcard:
-        found = [
-            info
-            for info in source.list(wildcard_prefix(key))
-            if matches(key, info.key) and not info.key.endswith("/")
-        ]
-        if not found:
-            raise NoMatch(f"{shown} matched no object")
+        found = expand_wildcard(source, key, raw)
         base = suffix_base(key)
         return [
             PlannedFile(
@@ -107,7 +101,7 @@ def _datum(runtime: Runtime, spec: InputSpec, url: ParsedURL) -> PlannedFile:
         raise NotFound(f"{url.raw} is not a known datum") from None
     if datum.purged:
         raise NotFound(f"{url.raw} was purged")
-    store = runtime.store(datum.store)
+    store = runtime.sources.store(datum.store)
     rel = datum.path if spec.keep_directories == "full" else posixpath.basename(datum.path)
     return PlannedFile(spec.name, url.raw, store, datum.key, None, _checked(rel, url.raw))
 

@@ -24,7 +24,7 @@ def purge(runtime: Runtime, msg: Purge) -> dict[str, Any]:
             # Another project's datum is not this project's to purge; say so like a miss.
             unknown.append(datum_id)
             continue
-        store = runtime.store(datum.store)
+        store = runtime.sources.store(datum.store)
         with runtime.datums.content_lock(datum.store, datum.key):
             updated, live = runtime.datums.mark_purged(datum, now_iso())
             content_removed = live == 0

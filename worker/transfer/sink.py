@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from worker.errors import DiskFullError
@@ -184,3 +185,35 @@ class HashWriteSink:
     def close(self) -> None:
         """Stop the stage threads without a result (a failed transfer); idempotent."""
         self._stop()
+
+
+_HASH_PIECE = 4 * 1024 * 1024
+
+
+def hash_path(path: Path, *, threaded_above: int = 16 * 1024 * 1024) -> Digests:
+    """md5, sha1 and sha256 of a local file in one read, with bounded buffers."""
+    from worker.transfer.chunked import BufferPool  # chunked builds on this module
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pool = BufferPool(4, _HASH_PIECE)
+        sink = HashWriteSink(
+            -1, threads=size > threaded_above, free=lambda p: pool.release(p.buffer)
+        )
+        try:
+            offset = index = 0
+            while True:
+                buf = pool.acquire(index)
+                n = os.preadv(fd, [buf], offset)
+                if n == 0:
+                    pool.release(buf)
+                    break
+                sink.feed(Piece(index, offset, memoryview(buf)[:n], buf, write=False))
+                offset += n
+                index += 1
+            return sink.finish()
+        finally:
+            sink.close()
+    finally:
+        os.close(fd)

@@ -12,7 +12,6 @@ per store. A file that changes between hashing and sending is refused (:class:`C
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +20,11 @@ from pathlib import Path
 from worker.errors import AlreadyExists, Changed, HaulError, NotFound
 from worker.hashing import Digests
 from worker.stores.base import Store
-from worker.transfer.chunked import BufferPool
 from worker.transfer.config import TransferConfig
 from worker.transfer.retry import retrying
-from worker.transfer.sink import HashWriteSink, Piece
+from worker.transfer.sink import hash_path
 
 log = logging.getLogger(__name__)
-
-_HASH_PIECE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,33 +41,6 @@ def _identity(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def hash_local(path: Path, *, threaded_above: int = 16 * 1024 * 1024) -> Digests:
-    """md5, sha1 and sha256 of a local file in one read, with bounded buffers."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        pool = BufferPool(4, _HASH_PIECE)
-        sink = HashWriteSink(
-            -1, threads=size > threaded_above, free=lambda p: pool.release(p.buffer)
-        )
-        try:
-            offset = index = 0
-            while True:
-                buf = pool.acquire(index)
-                n = os.preadv(fd, [buf], offset)
-                if n == 0:
-                    pool.release(buf)
-                    break
-                sink.feed(Piece(index, offset, memoryview(buf)[:n], buf, write=False))
-                offset += n
-                index += 1
-            return sink.finish()
-        finally:
-            sink.close()
-    finally:
-        os.close(fd)
-
-
 def upload(
     store: Store,
     path: Path,
@@ -80,7 +49,7 @@ def upload(
 ) -> Uploaded:
     started = time.monotonic()
     before = _identity(path)
-    digests = hash_local(path, threaded_above=cfg.multipart_threshold_bytes)
+    digests = hash_path(path, threaded_above=cfg.multipart_threshold_bytes)
     if _identity(path) != before:
         raise Changed(f"{path.name} changed while it was being hashed")
     key = key_for(digests)

@@ -16,7 +16,6 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "broker_url": s.redis_url,
         "result_backend": s.redis_url,
         "result_expires": 7 * 24 * 3600,
-        "result_extended": True,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -10,7 +10,7 @@ from tasks.app import app
 from tasks.runner import run
 from worker.constants import TASK_PREPARE_INPUTS, TASK_PURGE, TASK_STORE_OUTPUTS
 from worker.models import PrepareInputs, Purge, StoreOutputs
-from worker.pipeline.outputs import store_outputs
+from worker.pipeline.outputs import outputs_failed, store_outputs
 from worker.pipeline.prepare import prepare_inputs
 from worker.pipeline.purge import purge
 
@@ -24,7 +24,16 @@ def prepare_inputs_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]
 
 @app.task(name=TASK_STORE_OUTPUTS, bind=True)
 def store_outputs_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return run(self, TASK_STORE_OUTPUTS, StoreOutputs, store_outputs, args, kwargs, "execution_id")
+    return run(
+        self,
+        TASK_STORE_OUTPUTS,
+        StoreOutputs,
+        store_outputs,
+        args,
+        kwargs,
+        "execution_id",
+        outputs_failed,
+    )
 
 
 @app.task(name=TASK_PURGE, bind=True)

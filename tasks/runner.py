@@ -17,8 +17,15 @@ from celery import Task
 from redis.exceptions import RedisError
 
 from worker.constants import EV_MESSAGE_REJECTED
-from worker.errors import HaulError, LeaseHeld, MessageError
+from worker.errors import (
+    HaulError,
+    InternalError,
+    LeaseHeld,
+    MessageError,
+    ReportedFailure,
+)
 from worker.lease import Lease
+from worker.logs import redact_text
 from worker.models import FieldProblem, MessageRejected, validate_message
 from worker.pipeline.runtime import Runtime
 
@@ -60,6 +67,15 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_store(rt: Runtime, msg: Any) -> None:
+    """A ``store`` the settings do not declare makes the message unusable (not a failure)."""
+    name = getattr(msg, "store", None)
+    stores = rt.settings.all_stores()
+    if name is not None and name not in stores:
+        problem = f"unknown store {name!r}; declared: {', '.join(sorted(stores))}"
+        raise MessageError(f"store: {problem}", [{"field": "store", "problem": problem}])
+
+
 def reject(rt: Runtime, task_name: str, payload: Any, exc: MessageError) -> dict[str, Any]:
     log.warning("rejected %s message: %s", task_name, exc)
     rt.events.publish(
@@ -84,11 +100,15 @@ def run(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     lease_on: str | None,
+    on_failure: Callable[[Runtime, Any, HaulError], None] | None = None,
 ) -> dict[str, Any]:
+    """Validate, hold the execution's lease, run ``job``; ``on_failure`` publishes the job's
+    failure event for errors the job did not foresee (the job reports its own HaulErrors)."""
     rt = runtime()
     payload = message_from(args, kwargs)
     try:
         msg = validate_message(model, payload)
+        _check_store(rt, msg)
     except MessageError as exc:
         return reject(rt, task_name, payload, exc)
     lease: Lease | None = None
@@ -101,11 +121,24 @@ def run(
             raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
     try:
         return job(rt, msg)
-    except HaulError:
+    except ReportedFailure:
+        raise
+    except HaulError as exc:
+        if on_failure is not None:
+            on_failure(rt, msg, exc)
         raise
     except RedisError as exc:
         log.exception("Redis failed during %s", task_name)
         raise HaulError(f"Redis is unavailable: {type(exc).__name__}") from None
+    except Exception as exc:  # the task boundary: every failure becomes an event
+        log.exception("%s failed unexpectedly", task_name)
+        error = InternalError(f"{type(exc).__name__}: {redact_text(str(exc))}")
+        if on_failure is not None:
+            try:
+                on_failure(rt, msg, error)
+            except RedisError:
+                log.exception("could not publish the failure of %s", task_name)
+        raise error from None
     finally:
         if lease is not None:
             lease.release()

@@ -42,7 +42,8 @@ KEY_DATUM: Final = "haul:datum"  # :<datum id> -> JSON record
 KEY_PROJECT_DATUMS: Final = "haul:datums"  # :<project> -> set of datum ids
 KEY_CONTENT_REFS: Final = "haul:refs"  # :<store>:<key digest> -> set of live datum ids
 KEY_LEASE: Final = "haul:lease"  # :<execution id> -> holder token
-KEY_DONE: Final = "haul:done"  # :<task>:<message digest> -> JSON summary of a finished run
+KEY_INPUT_FILES: Final = "haul:inputs:files"  # :<execution> -> hash of finished input files
+KEY_INPUT_LOGGED: Final = "haul:inputs:logged"  # :<execution> -> set of facts in haul.log
 
 # On-disk names (contract section 3).
 INPUTS_DIR: Final = "inputs"

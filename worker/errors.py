@@ -94,6 +94,12 @@ class AlreadyExists(StoreError):
     code = "already_exists"
 
 
+class KeyConflict(StoreError):
+    """A content-addressed key holds other bytes than the content it is named after."""
+
+    code = "key_conflict"
+
+
 class Changed(StoreError):
     """The object was replaced while it was being read; start the object over."""
 
@@ -115,6 +121,18 @@ class TransientError(StoreError):
 
 class DiskFullError(HaulError):
     code = "disk_full"
+
+
+class ReportedFailure(HaulError):
+    """A job failure whose event was already published (the task boundary adds none)."""
+
+    code = "failed"
+
+
+class InternalError(HaulError):
+    """Anything that was not foreseen, turned into an event at the task boundary."""
+
+    code = "internal_error"
 
 
 class Interrupted(HaulError):

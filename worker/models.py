@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.errors import MessageError
+from worker.errors import MessageError, UnsupportedURL
+from worker.urls import parse_input_url, redact_url
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -59,6 +61,12 @@ class InputSpec(_Message):
                 )
             if any(ch in url for ch in "\x00\r\n"):
                 raise ValueError("URLs cannot contain NUL or line breaks")
+            try:
+                parsed = parse_input_url(url)
+                if parsed.scheme in {"http", "https"}:
+                    _ = urlsplit(url).port  # raises for a port out of range
+            except (UnsupportedURL, ValueError) as exc:
+                raise ValueError(f"malformed URL {redact_url(url)}: {exc}") from None
         return urls
 
     @field_validator("filename")

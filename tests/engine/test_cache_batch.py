@@ -77,8 +77,14 @@ def test_cache_entry_rewritten_in_place_is_not_reused(
     cache = Cache(tmp_path / "cache", 1 << 20)
     url = server.url("/s.txt")
     download(http, url, tmp_path / "e1" / "s.txt", SMALL_CFG, cache=cache)
-    with (tmp_path / "e1" / "s.txt").open("r+b") as fh:
+    linked = download(http, url, tmp_path / "e0" / "s.txt", SMALL_CFG, cache=cache)
+    assert linked.cached  # e0 and e1 now share the cached inode
+    victim = tmp_path / "e1" / "s.txt"
+    before = victim.stat()
+    with victim.open("r+b") as fh:
         fh.write(b"tampered")
+    # Same size, and the mtime set back: only the ctime still shows the write.
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
     got = download(http, url, tmp_path / "e2" / "s.txt", SMALL_CFG, cache=cache)
     assert not got.cached
     assert (tmp_path / "e2" / "s.txt").read_bytes() == b"original"

@@ -101,7 +101,13 @@ def test_out_of_order_chunks_hash_in_order_with_bounded_buffers(
     )
     worker.start()
     try:
-        wait_until(lambda: pools and pools[0].waiting > 0)
+
+        def stalled() -> bool:
+            # A fetcher waits for a buffer, and every request the pool allows has arrived.
+            starts = {r.range_start for r in ranged_gets(server, "/data.bin")}
+            return bool(pools) and pools[0].waiting > 0 and len(starts) >= pools[0].count + 1
+
+        wait_until(stalled)
         pool = pools[0]
         # All buffers are out (chunk 1 in flight, the next ones finished); nobody fetches more.
         assert pool.peak_out == pool.count == SMALL_CFG.concurrency + 2

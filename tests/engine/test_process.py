@@ -84,7 +84,10 @@ def test_resume_after_sigkill_fetches_only_missing_chunks(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert leftovers(tmp_path) == ["big.bin.haul-part", "big.bin.haul-part.json"]
+    left = set(leftovers(tmp_path))
+    # A kill while the record was being rewritten may also leave its temporary file.
+    assert {"big.bin.haul-part", "big.bin.haul-part.json"} <= left
+    assert left <= {"big.bin.haul-part", "big.bin.haul-part.json", "big.bin.haul-part.json.tmp"}
     kept = recorded_chunks(record)
     assert kept >= set(range(20))
 

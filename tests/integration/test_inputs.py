@@ -153,6 +153,10 @@ def test_changed_input_warns_and_redelivery_repeats_the_same_ids(
     )
     cached = [e["data"]["cached"] for e in again if e["type"] == "haul.input.downloaded"]
     assert cached == [False, True]
+    # haul.log keeps one line per fact: the redelivery added none.
+    log_lines = (haul.exec_dir(second) / "haul.log").read_text().splitlines()
+    assert sum(": downloaded, " in ln for ln in log_lines) == 1
+    assert sum("warning:" in ln for ln in log_lines) == 1
 
 
 def test_optional_missing_is_skipped_required_missing_fails(

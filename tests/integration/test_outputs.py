@@ -118,6 +118,13 @@ def test_purge_keeps_content_still_referenced(haul: Haul) -> None:
     state, summary = haul.run("haul.purge", {"project_id": "other", "datum_ids": [d1["datum_id"]]})
     assert summary["unknown"] == [d1["datum_id"]]
 
+    # Storing the purged execution's outputs again does not bring the content back.
+    state, summary = haul.run("haul.store_outputs", {"execution_id": second, "project_id": project})
+    assert state == "SUCCESS" and summary["files"] == 0
+    assert not content.exists()
+    refused = [e["data"]["reason"] for e in haul.events(second, "haul.output.refused")]
+    assert any("purged" in reason for reason in refused)
+
 
 def test_datum_inputs_read_stored_outputs(haul: Haul) -> None:
     project = new_id("proj")

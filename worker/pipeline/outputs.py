@@ -23,7 +23,7 @@ from worker.constants import (
     METADATA_SUFFIX,
     OUTPUTS_DIR,
 )
-from worker.errors import HaulError
+from worker.errors import HaulError, ReportedFailure
 from worker.events import now_iso
 from worker.models import (
     Datum,
@@ -37,10 +37,10 @@ from worker.models import (
 from worker.pipeline.runtime import Runtime
 from worker.records.datums import content_key, datum_id
 from worker.stores.base import Store
-from worker.transfer.upload import upload
+from worker.transfer.upload import hash_file, send
 
 
-class OutputsFailedError(HaulError):
+class OutputsFailedError(ReportedFailure):
     code = "outputs_failed"
 
 
@@ -126,28 +126,38 @@ class _Job:
             rel,
         )
 
-    def store_one(self, store: Store, c: _Candidate) -> dict[str, Any]:
+    def store_one(self, store: Store, c: _Candidate) -> dict[str, Any] | None:
         meta = _Metadata([], None, {})
         if c.sidecar is not None:
             try:
                 meta = read_sidecar(c.sidecar)
             except ValueError as exc:
                 self.refuse(c.rel + METADATA_SUFFIX, f"metadata sidecar ignored: {exc}")
-        name = c.path.name
-        up = upload(
-            store,
-            c.path,
-            lambda d: content_key(store.prefix, self.msg.project_id, d.sha256, name),
-            self.rt.transfer,
-        )
-        d = up.digests
+        hashed = hash_file(c.path, self.rt.transfer)
+        d = hashed.digests
+        key = content_key(store.prefix, self.msg.project_id, d.sha256, c.path.name)
+        did = datum_id(self.msg.project_id, self.msg.execution_id, c.rel, d.sha256)
+        if self.rt.datums.is_purged(did):
+            # Someone purged this very datum: storing the same file again must not revive it.
+            self.refuse(c.rel, f"datum {did} was purged; its content is not stored again")
+            return None
+        index = self.rt.datums
+        # The reference is taken before the store is asked, under the key's lock, so a purge
+        # of another datum with the same content cannot delete it in between.
+        with index.content_lock(self.store_name, key):
+            index.reserve(self.store_name, key, did)
+        try:
+            deduplicated = send(store, hashed, key, self.rt.transfer)
+        except BaseException:
+            index.release(self.store_name, key, did)
+            raise
         datum = Datum(
-            datum_id=datum_id(self.msg.project_id, self.msg.execution_id, c.rel, d.sha256),
+            datum_id=did,
             project_id=self.msg.project_id,
             execution_id=self.msg.execution_id,
             path=c.rel,
-            uri=store.uri(up.key),
-            key=up.key,
+            uri=store.uri(key),
+            key=key,
             store=self.store_name,
             size=d.size,
             md5=d.md5,
@@ -158,9 +168,8 @@ class _Job:
             alias=meta.alias,
             metadata=meta.extra,
         )
-        with self.rt.datums.content_lock(self.store_name, up.key):
-            datum = self.rt.datums.add(datum)
-            self.rt.datums.write_store_record(store, datum)
+        datum = index.add(datum)
+        index.write_store_record(store, datum)
         self.rt.events.publish(
             EV_OUTPUT_STORED,
             self.msg.execution_id,
@@ -175,7 +184,7 @@ class _Job:
                 md5=d.md5,
                 sha1=d.sha1,
                 sha256=d.sha256,
-                deduplicated=up.deduplicated,
+                deduplicated=deduplicated,
             ),
             self.msg.execution_id,
             c.rel,
@@ -188,8 +197,21 @@ class _Job:
             "key": datum.key,
             "size": d.size,
             "sha256": d.sha256,
-            "deduplicated": up.deduplicated,
+            "deduplicated": deduplicated,
         }
+
+
+def outputs_failed(runtime: Runtime, msg: StoreOutputs, exc: HaulError) -> None:
+    runtime.events.publish(
+        EV_OUTPUTS_FAILED,
+        msg.execution_id,
+        OutputsFailed(
+            execution_id=msg.execution_id,
+            project_id=msg.project_id,
+            error=ErrorInfo(code=exc.code, message=str(exc)),
+        ),
+        msg.execution_id,
+    )
 
 
 def store_outputs(runtime: Runtime, msg: StoreOutputs) -> dict[str, Any]:
@@ -202,18 +224,9 @@ def store_outputs(runtime: Runtime, msg: StoreOutputs) -> dict[str, Any]:
         candidates, refused = scan(job.outputs)
         for rel, reason in refused:
             job.refuse(rel, reason)
-        stored = [job.store_one(store, c) for c in candidates]
+        stored = [s for c in candidates if (s := job.store_one(store, c)) is not None]
     except HaulError as exc:
-        runtime.events.publish(
-            EV_OUTPUTS_FAILED,
-            msg.execution_id,
-            OutputsFailed(
-                execution_id=msg.execution_id,
-                project_id=msg.project_id,
-                error=ErrorInfo(code=exc.code, message=str(exc)),
-            ),
-            msg.execution_id,
-        )
+        outputs_failed(runtime, msg, exc)
         if isinstance(exc, OutputsFailedError):
             raise
         raise OutputsFailedError(str(exc)) from exc

@@ -124,12 +124,27 @@ def plan_input(runtime: Runtime, spec: InputSpec) -> tuple[list[PlannedFile], Sk
                 f"{len(files)} files"
             )
         files = [PlannedFile(f.input, f.url, f.source, f.key, f.info, spec.filename) for f in files]
-    seen: dict[str, str] = {}
-    for f in files:
-        if f.rel in seen:
-            raise UnsupportedURL(
-                f"input {spec.name!r}: {seen[f.rel]} and {f.url} would both be written to "
-                f"{f.rel!r}; use keep_directories 'full' or 'suffix'"
-            )
-        seen[f.rel] = f.url
+    # The same object named twice (a URL and a wildcard that also matches it) is fetched once.
+    files = list({(f.rel, f.url): f for f in files}.values())
+    _check_destinations(spec.name, files)
     return files, skipped
+
+
+def _check_destinations(name: str, files: list[PlannedFile]) -> None:
+    """Two files on one path, or a file where another needs a folder, fail the input."""
+    seen = {f.rel: f.url for f in files}
+    if len(seen) < len(files):
+        clash = next(f for f in files if seen[f.rel] != f.url)
+        raise UnsupportedURL(
+            f"input {name!r}: {seen[clash.rel]} and {clash.url} would both be written to "
+            f"{clash.rel!r}; use keep_directories 'full' or 'suffix'"
+        )
+    for f in files:
+        parts = f.rel.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in seen:
+                raise UnsupportedURL(
+                    f"input {name!r}: {seen[folder]} would be a file at {folder!r}, where "
+                    f"{f.url} needs a folder"
+                )

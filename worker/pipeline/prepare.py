@@ -23,11 +23,13 @@ from worker.constants import (
     HAUL_LOG,
     INPUTS_DIR,
     INPUTS_JSON,
+    KEY_INPUT_FILES,
+    KEY_INPUT_LOGGED,
     OUTPUTS_DIR,
     PART_RECORD_SUFFIX,
     PART_SUFFIX,
 )
-from worker.errors import HaulError, NotFound
+from worker.errors import HaulError, NotFound, ReportedFailure, UnsafePathError
 from worker.events import now_iso
 from worker.hashing import Digests
 from worker.models import (
@@ -57,7 +59,7 @@ log = logging.getLogger(__name__)
 _DONE_TTL_S = 30 * 24 * 3600
 
 
-class InputsFailedError(HaulError):
+class InputsFailedError(ReportedFailure):
     """The task's failure after ``haul.inputs.failed`` was published."""
 
     code = "inputs_failed"
@@ -71,7 +73,7 @@ class _Fetched:
 
 
 def _done_key(execution_id: str) -> str:
-    return f"haul:inputs:files:{execution_id}"
+    return f"{KEY_INPUT_FILES}:{execution_id}"
 
 
 class _Job:
@@ -89,16 +91,20 @@ class _Job:
 
     # ------------------------------------------------------------------ layout
     def lay_out(self) -> None:
-        for sub in (INPUTS_DIR, OUTPUTS_DIR, CONFIG_DIR):
-            (self.exec_dir / sub).mkdir(parents=True, exist_ok=True)
+        for folder in (
+            self.exec_dir,
+            *(self.exec_dir / s for s in (INPUTS_DIR, OUTPUTS_DIR, CONFIG_DIR)),
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+            if folder.is_symlink():
+                raise UnsafePathError(f"{folder} is a symlink; haul writes only into real folders")
 
     def dest(self, f: PlannedFile) -> Path:
-        folder = safe_join(self.inputs_dir, f.input)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = safe_join(folder, f.rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # The parent may now exist; check again that no symlink leads it out.
-        return safe_join(folder, f.rel)
+        # Checked against inputs/ itself, so a symlinked inputs/<name> cannot lead out either.
+        rel = f"{f.input}/{f.rel}"
+        safe_join(self.inputs_dir, rel).parent.mkdir(parents=True, exist_ok=True)
+        # The folders exist now; check again that none of them is a symlink leading out.
+        return safe_join(self.inputs_dir, rel)
 
     def shown_path(self, f: PlannedFile) -> str:
         return f"{self.mount}/{f.input}/{f.rel}"
@@ -166,10 +172,21 @@ class _Job:
         return Downloaded(digests, info, 0.0, cached=True)
 
     # ------------------------------------------------------------------ records
+    def log_once(self, fact: str, write: Callable[[], None]) -> None:
+        """haul.log has one line per fact: a redelivered message does not write it again."""
+        key = f"{KEY_INPUT_LOGGED}:{self.msg.execution_id}"
+        if self.rt.redis.sismember(key, fact):
+            return
+        write()
+        pipe = self.rt.redis.pipeline()
+        pipe.sadd(key, fact)
+        pipe.expire(key, _DONE_TTL_S)
+        pipe.execute()
+
     def record(self, fetched: _Fetched) -> InputFile:
         f, result, shown = fetched.planned, fetched.result, fetched.shown_path
         d = result.digests
-        self.haul_log.file(shown, d)
+        self.log_once(f"{f.input}/{f.rel}", lambda: self.haul_log.file(shown, d))
         ids = (self.msg.execution_id, f.input, f.rel)
         self.rt.events.publish(
             EV_INPUT_DOWNLOADED,
@@ -205,7 +222,9 @@ class _Job:
             return
         self.changed.append({"input": f.input, "url": f.url, "path": shown})
         message = change_message(f.url, previous, seen)
-        self.haul_log.line(shown, f"warning: {message}")
+        self.log_once(
+            f"{f.input}/{f.rel}#warning", lambda: self.haul_log.line(shown, f"warning: {message}")
+        )
         log.warning("input changed: %s", message)
         self.rt.events.publish(
             EV_INPUT_CHANGED,
@@ -239,7 +258,7 @@ class _Job:
         """After a failure no ``.haul-part`` may stay behind (contract section 3)."""
         for dirpath, _dirs, files in os.walk(self.inputs_dir):
             for name in files:
-                if name.endswith((PART_SUFFIX, PART_RECORD_SUFFIX)):
+                if name.endswith((PART_SUFFIX, PART_RECORD_SUFFIX, PART_RECORD_SUFFIX + ".tmp")):
                     Path(dirpath, name).unlink(missing_ok=True)
 
     def failed(
@@ -260,6 +279,25 @@ class _Job:
         )
         where = f"{self.mount}/{f.input}/{f.rel}" if f else f"{self.mount}/{input_name or ''}"
         self.haul_log.line(where, f"failed: {exc}")
+
+
+def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> None:
+    """Report a failure the job did not report itself: the event, and no part files left."""
+    job = _Job(runtime, msg, None)
+    if not (job.exec_dir.is_symlink() or job.inputs_dir.is_symlink()):
+        job.sweep_parts()
+    runtime.events.publish(
+        EV_INPUTS_FAILED,
+        msg.execution_id,
+        InputsFailed(
+            execution_id=msg.execution_id,
+            project_id=msg.project_id,
+            input=None,
+            url=None,
+            error=ErrorInfo(code=exc.code, message=str(exc)),
+        ),
+        msg.execution_id,
+    )
 
 
 def prepare_inputs(

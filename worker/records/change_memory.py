@@ -1,9 +1,10 @@
 """What content each (project, input URL) gave last time, and the warning when it changes.
 
 Kept in Redis as ``haul:inputs:last:<project>:<sha256 of the redacted URL>`` with two slots:
-``last`` (the newest execution that read the URL) and ``before`` (the one before it). When the
-same execution records again (a redelivered message), it is compared with ``before``, so a retry
-repeats the same warning instead of comparing with itself.
+``last`` (the newest execution that read the URL) and ``before`` (the one before it). Each
+execution's result is also kept for 30 days (``...:<execution_id>``): a redelivered message
+replays it, so a retry repeats the same warning (or none) even after other executions read the
+URL meanwhile, and does not disturb what they will be compared with.
 """
 
 from __future__ import annotations
@@ -17,24 +18,36 @@ from worker.constants import KEY_CHANGE_MEMORY
 from worker.sizes import format_size
 
 _RECORD = """
+local new = cjson.decode(ARGV[1])
+-- A redelivered message of an execution that already recorded this content replays its first
+-- result, whatever other executions read since, and leaves the memory as it is.
+local replay = redis.call('GET', KEYS[2])
+if replay then
+  local r = cjson.decode(replay)
+  if r['current']['sha256'] == new['sha256'] and r['current']['size'] == new['size'] then
+    return replay
+  end
+end
 local raw = redis.call('GET', KEYS[1])
 local doc = {}
 if raw then doc = cjson.decode(raw) end
-local new = cjson.decode(ARGV[1])
 local compare = nil
 local last = doc['last']
 if last and last['execution_id'] == new['execution_id'] then
   compare = doc['before']
-  -- the same execution again (a redelivery): keep the first sighting when nothing changed
-  if last['sha256'] == new['sha256'] and last['size'] == new['size'] then new = last end
 else
   compare = last
   doc['before'] = last
 end
 doc['last'] = new
 redis.call('SET', KEYS[1], cjson.encode(doc))
-return cjson.encode({previous = compare or false, current = new})
+local result = cjson.encode({previous = compare or false, current = new})
+redis.call('SET', KEYS[2], result, 'EX', ARGV[2])
+return result
 """
+
+
+_REPLAY_TTL_S = 30 * 24 * 3600
 
 
 class ScriptClient(Protocol):
@@ -69,7 +82,11 @@ class ChangeMemory:
         ``current`` is ``seen``, or the first sighting of this same execution when a
         redelivered message records the same content again (so events repeat exactly).
         """
-        raw = self._record(keys=[memory_key(project_id, url)], args=[json.dumps(asdict(seen))])
+        key = memory_key(project_id, url)
+        raw = self._record(
+            keys=[key, f"{key}:{seen.execution_id}"],
+            args=[json.dumps(asdict(seen)), _REPLAY_TTL_S],
+        )
         doc = json.loads(raw)
         current = Seen(**doc["current"])
         if not doc["previous"]:

@@ -77,6 +77,19 @@ class DatumIndex:
             raise NotFound(f"no datum {datum}")
         return Datum.model_validate_json(raw)
 
+    def is_purged(self, datum: str) -> bool:
+        raw = self.client.get(f"{KEY_DATUM}:{datum}")
+        return raw is not None and bool(json.loads(raw).get("purged"))
+
+    def reserve(self, store: str, key: str, datum: str) -> None:
+        """Count ``datum`` as a reference to ``key`` before its content is (maybe) sent."""
+        self.client.sadd(_refs_key(store, key), datum)
+
+    def release(self, store: str, key: str, datum: str) -> None:
+        """Undo :meth:`reserve` when the datum was not recorded after all."""
+        if self.client.get(f"{KEY_DATUM}:{datum}") is None:
+            self.client.srem(_refs_key(store, key), datum)
+
     def add(self, datum: Datum) -> Datum:
         """Record a new datum; an existing record with the same id wins (redelivery)."""
         payload = json.dumps(datum.model_dump(mode="json"))
@@ -101,9 +114,6 @@ class DatumIndex:
         pipe.scard(refs)
         results: list[Any] = pipe.execute()
         return updated, int(results[-1])
-
-    def live_refs(self, store: str, key: str) -> int:
-        return int(self.client.scard(_refs_key(store, key)))
 
     def write_store_record(self, store: Store, datum: Datum) -> None:
         store.put_record(record_key(store.prefix, datum.project_id, datum.datum_id), _encode(datum))

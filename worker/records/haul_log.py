@@ -47,7 +47,8 @@ class HaulLog:
         with self._lock:
             if self.path is not None:
                 # One O_APPEND write per fact keeps lines whole even with several writers.
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                fd = os.open(self.path, flags, 0o644)
                 try:
                     os.write(fd, text.encode())
                 finally:

@@ -33,5 +33,9 @@ def write_inputs_json(path: Path, inputs: dict[str, list[InputFile]]) -> None:
     doc = {name: {"files": [f.as_json() for f in files]} for name, files in inputs.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    tmp.unlink(missing_ok=True)
+    # The execution owns this folder: never follow a link someone left at the temporary name.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)

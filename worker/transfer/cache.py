@@ -18,7 +18,11 @@ Entries appear and disappear by ``rename``, so readers need no lock; writers (st
 invalidate) hold an exclusive ``flock`` on ``lock``. Least recently used entries (by the mtime of
 ``meta.json``, touched on every hit) are evicted to stay under ``max_bytes``. Because the data is
 hard-linked, an execution that rewrites its input in place would change the cached bytes: the
-data file's inode, size and mtime are recorded and checked, and a changed entry is dropped.
+data file's inode, size, mtime and ctime are recorded and checked, and a changed entry is
+dropped. ctime matters: a process can set mtime back with ``utime`` but cannot set ctime, and
+every write, chmod, link or unlink of the inode moves it. So the entry re-records its ctime after
+each link it makes; an execution folder deleted later (an unlink elsewhere) makes the entry look
+changed, which costs a download, never wrong bytes.
 """
 
 from __future__ import annotations
@@ -69,8 +73,11 @@ class CachedEntry:
             tmp.unlink(missing_ok=True)
             return False
         os.replace(tmp, dest)
+        # The link moved the inode's ctime: record it, so a later write shows as a change.
         with contextlib.suppress(OSError):
-            os.utime(self.entry / "meta.json")  # least recently used ordering
+            meta = json.loads((self.entry / "meta.json").read_text())
+            meta["identity"] = _identity(self.data)
+            _write_meta(self.entry, meta)  # also the least-recently-used ordering
         return True
 
 
@@ -151,8 +158,7 @@ class Cache:
         )
         if fresh:
             try:
-                st = os.stat(entry / "data")
-                fresh = [st.st_ino, st.st_size, st.st_mtime_ns] == meta.get("identity")
+                fresh = _identity(entry / "data") == meta.get("identity")
             except FileNotFoundError:
                 return None
         if not fresh:
@@ -180,15 +186,14 @@ class Cache:
                 os.link(path, build / "data")
             except OSError:
                 shutil.copyfile(path, build / "data")
-            st = os.stat(build / "data")
             meta = {
                 "source_id": source_id,
                 "version": info.version,
                 "size": digests.size,
                 "digests": digests.as_dict(),
-                "identity": [st.st_ino, st.st_size, st.st_mtime_ns],
+                "identity": _identity(build / "data"),
             }
-            (build / "meta.json").write_text(json.dumps(meta))
+            _write_meta(build, meta)
             entry = self._entry(source_id)
             entry.parent.mkdir(exist_ok=True)
             with self._locked():
@@ -215,6 +220,17 @@ class Cache:
 
     def usage_bytes(self) -> int:
         return self._usage()
+
+
+def _identity(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _write_meta(entry: Path, meta: dict[str, Any]) -> None:
+    tmp = entry / f"meta.json.{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, entry / "meta.json")
 
 
 def _read_meta(entry: Path) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.chunked import BufferPool, ChunkedDownload, RetryBudget, fetch_range
 from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressFn, ProgressMeter
-from worker.transfer.resume import PartRecord
+from worker.transfer.resume import PartRecord, drop_record
 from worker.transfer.retry import backoff_s, retrying
 from worker.transfer.sink import HashWriteSink, Piece, open_direct
 
@@ -49,7 +49,10 @@ T = TypeVar("T")
 #: chunks written between two saves of the resume record
 _RECORD_EVERY = 4
 #: piece size when one stream of unknown or unranged length is hashed on threads
-_STREAM_PIECE = 4 * 1024 * 1024
+# A small object is read whole into one buffer; anything larger streams through a few pieces,
+# so files_in_flight downloads of up-to-threshold objects stay within the memory bound.
+_SMALL_MAX = 1024 * 1024
+_STREAM_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,12 @@ class _Restart(Exception):
         self.cause = cause
 
 
+def _create_part(path: Path, mode: int = os.O_WRONLY) -> int:
+    """A new, empty part file; never follows a symlink someone left at its name."""
+    path.unlink(missing_ok=True)
+    return os.open(path, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+
+
 def _preallocate(fd: int, size: int) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
@@ -135,7 +144,7 @@ class _Job:
 
     def cleanup(self) -> None:
         self.tmp.unlink(missing_ok=True)
-        self.record_path.unlink(missing_ok=True)
+        drop_record(self.record_path)
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         return retrying(
@@ -193,7 +202,7 @@ class _Job:
         except IntegrityError as exc:
             raise _Restart(exc) from None
         os.replace(self.tmp, self.dest)
-        self.record_path.unlink(missing_ok=True)
+        drop_record(self.record_path)
         if self.cache is not None:
             self.cache.store(source_id(self.source, self.key), info, self.dest, digests)
         return Downloaded(digests, info, time.monotonic() - started, resumed_bytes=resumed)
@@ -206,9 +215,9 @@ class _Job:
     def _single(
         self, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
     ) -> Digests:
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = _create_part(self.tmp)
         try:
-            if 0 <= info.size <= self.cfg.multipart_threshold_bytes:
+            if 0 <= info.size <= _SMALL_MAX:
                 return self._small(info, first, fd, meter)
             return self._stream(info, first, fd, meter)
         finally:
@@ -299,11 +308,11 @@ class _Job:
             and self.tmp.stat().st_size == info.size
         ):
             done = set(record.done)
-            fd = os.open(self.tmp, os.O_RDWR)
+            fd = os.open(self.tmp, os.O_RDWR | os.O_NOFOLLOW)
         else:
             self.cleanup()
             record = None
-            fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = _create_part(self.tmp, os.O_RDWR)
             try:
                 _preallocate(fd, info.size)
             except BaseException:

@@ -37,6 +37,17 @@ def _runs(done: set[int]) -> list[list[int]]:
     return runs
 
 
+def record_tmp(record: Path) -> Path:
+    """Where a new version of the record is written before it replaces the old one."""
+    return record.with_name(record.name + ".tmp")
+
+
+def drop_record(record: Path) -> None:
+    """Remove the record and a temporary one a killed process may have left."""
+    record.unlink(missing_ok=True)
+    record_tmp(record).unlink(missing_ok=True)
+
+
 @dataclass
 class PartRecord:
     path: Path
@@ -64,8 +75,11 @@ class PartRecord:
             "done": _runs(self.done),
             "boot_id": self.boot,
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        tmp = record_tmp(self.path)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, self.path)
 
     @classmethod

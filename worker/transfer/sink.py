@@ -52,7 +52,7 @@ def open_direct(path: str | os.PathLike[str]) -> int | None:
     if not flag:
         return None
     try:
-        return os.open(path, os.O_WRONLY | flag)
+        return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | flag)
     except OSError:
         return None
 

@@ -17,9 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import AlreadyExists, Changed, HaulError, NotFound
+from worker.errors import (
+    AlreadyExists,
+    Changed,
+    HaulError,
+    KeyConflict,
+    NotFound,
+    TransientError,
+)
 from worker.hashing import Digests
-from worker.stores.base import Store
+from worker.stores.base import ObjectInfo, Store
 from worker.transfer.config import TransferConfig
 from worker.transfer.retry import retrying
 from worker.transfer.sink import hash_path
@@ -36,9 +43,76 @@ class Uploaded:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Hashed:
+    """A local file and its digests, with what identified the file when it was hashed."""
+
+    path: Path
+    digests: Digests
+    identity: tuple[int, int, int]
+
+    def check_unchanged(self) -> None:
+        if _identity(self.path) != self.identity:
+            raise Changed(f"{self.path.name} changed while it was being stored")
+
+
 def _identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def hash_file(path: Path, cfg: TransferConfig) -> Hashed:
+    """The three digests in one read; Changed if the file moved meanwhile."""
+    before = _identity(path)
+    digests = hash_path(path, threaded_above=cfg.multipart_threshold_bytes)
+    if _identity(path) != before:
+        raise Changed(f"{path.name} changed while it was being hashed")
+    return Hashed(path, digests, before)
+
+
+def _same_content(info: ObjectInfo, digests: Digests) -> bool:
+    return info.size == digests.size and (info.md5 is None or info.md5 == digests.md5)
+
+
+def is_stored(store: Store, key: str, digests: Digests) -> bool:
+    """True when ``key`` holds this content; KeyConflict when it holds something else."""
+    try:
+        info = store.stat(key)
+    except NotFound:
+        return False
+    if not _same_content(info, digests):
+        raise KeyConflict(
+            f"{key} already holds other bytes ({info.size} bytes) than this content "
+            f"({digests.size} bytes); it was not overwritten"
+        )
+    return True
+
+
+def send(store: Store, hashed: Hashed, key: str, cfg: TransferConfig) -> bool:
+    """Create ``key`` from the file unless it holds the content already; True when it did."""
+
+    def attempt() -> bool:
+        if is_stored(store, key, hashed.digests):
+            return True
+        hashed.check_unchanged()
+        try:
+            store.create(key, hashed.path, size=hashed.digests.size, md5=hashed.digests.md5)
+        except AlreadyExists:
+            # Someone else stored it meanwhile: the same content, or a KeyConflict.
+            return is_stored(store, key, hashed.digests) or _gone(key)
+        return False
+
+    try:
+        return retrying(
+            attempt, attempts=cfg.max_attempts, base_s=cfg.backoff_base_s, max_s=cfg.backoff_max_s
+        )
+    except HaulError:
+        log.warning("storing %s as %s failed", hashed.path.name, key)
+        raise
+
+
+def _gone(key: str) -> bool:
+    raise TransientError(f"{key} was taken and then vanished; trying again")
 
 
 def upload(
@@ -47,33 +121,9 @@ def upload(
     key_for: Callable[[Digests], str],
     cfg: TransferConfig,
 ) -> Uploaded:
+    """Hash, then store at ``key_for(digests)`` (content already there is not sent again)."""
     started = time.monotonic()
-    before = _identity(path)
-    digests = hash_path(path, threaded_above=cfg.multipart_threshold_bytes)
-    if _identity(path) != before:
-        raise Changed(f"{path.name} changed while it was being hashed")
-    key = key_for(digests)
-
-    def send() -> bool:
-        try:
-            existing = store.stat(key)
-        except NotFound:
-            existing = None
-        if existing is not None and existing.size == digests.size:
-            return True
-        if _identity(path) != before:
-            raise Changed(f"{path.name} changed while it was being stored")
-        try:
-            store.create(key, path, size=digests.size, md5=digests.md5)
-        except AlreadyExists:
-            return True
-        return False
-
-    try:
-        deduplicated = retrying(
-            send, attempts=cfg.max_attempts, base_s=cfg.backoff_base_s, max_s=cfg.backoff_max_s
-        )
-    except HaulError:
-        log.warning("storing %s as %s failed", path.name, key)
-        raise
-    return Uploaded(digests, key, deduplicated, time.monotonic() - started)
+    hashed = hash_file(path, cfg)
+    key = key_for(hashed.digests)
+    deduplicated = send(store, hashed, key, cfg)
+    return Uploaded(hashed.digests, key, deduplicated, time.monotonic() - started)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +27,11 @@ from worker.errors import (
 )
 from worker.lease import Lease
 from worker.logs import redact_text
-from worker.models import FieldProblem, MessageRejected, validate_message
+from worker.models import ID_PATTERN, FieldProblem, MessageRejected, validate_message
 from worker.pipeline.runtime import Runtime
 
 log = logging.getLogger("haul.tasks")
+ID_RE = re.compile(ID_PATTERN)
 _runtime: tuple[int, Runtime] | None = None
 
 
@@ -78,9 +80,10 @@ def _check_store(rt: Runtime, msg: Any) -> None:
 
 def reject(rt: Runtime, task_name: str, payload: Any, exc: MessageError) -> dict[str, Any]:
     log.warning("rejected %s message: %s", task_name, exc)
+    execution = payload.get("execution_id") if isinstance(payload, dict) else None
     rt.events.publish(
         EV_MESSAGE_REJECTED,
-        None,
+        execution if isinstance(execution, str) and ID_RE.fullmatch(execution) else None,
         MessageRejected(
             task=task_name,
             reason=str(exc),

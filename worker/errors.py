@@ -34,6 +34,8 @@ class HaulError(Exception):
 
     code = "haul_error"
     retryable = False
+    #: the (redacted) input URL the error is about, when there is one
+    url: str | None = None
 
 
 class ConfigError(HaulError):

@@ -62,7 +62,12 @@ def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
     """Regular files to store, and (path, reason) of everything refused."""
     files: dict[str, Path] = {}
     refused: list[tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(outputs, followlinks=False):
+
+    def unreadable(exc: OSError) -> None:
+        where = _rel(outputs, Path(exc.filename)) if exc.filename else "."
+        refused.append((where, f"cannot be read: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(outputs, onerror=unreadable, followlinks=False):
         base = Path(dirpath)
         for name in list(dirnames):
             if (base / name).is_symlink():

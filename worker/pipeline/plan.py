@@ -11,7 +11,7 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from worker.errors import NoMatch, NotFound, UnsafePathError, UnsupportedURL
+from worker.errors import HaulError, NoMatch, NotFound, UnsafePathError, UnsupportedURL
 from worker.models import InputSpec
 from worker.paths import clean_relative
 from worker.pipeline.runtime import Runtime
@@ -113,8 +113,9 @@ def plan_input(runtime: Runtime, spec: InputSpec) -> tuple[list[PlannedFile], Sk
     for raw in spec.urls:
         try:
             files.extend(_expand(runtime, spec, raw))
-        except (NotFound, NoMatch) as exc:
-            if not spec.optional:
+        except HaulError as exc:
+            if not (spec.optional and isinstance(exc, NotFound | NoMatch)):
+                exc.url = redact_url(raw)
                 raise
             skipped.append((redact_url(raw), f"optional input missing: {exc}"))
     if spec.filename is not None:

@@ -316,7 +316,7 @@ def prepare_inputs(
         try:
             files, skips = plan_input(runtime, spec)
         except HaulError as exc:
-            job.failed(exc, None, spec.name, None)
+            job.failed(exc, None, spec.name, exc.url)
             raise InputsFailedError(f"input {spec.name!r}: {exc}") from exc
         planned[spec.name] = files
         for url, reason in skips:

@@ -33,7 +33,7 @@ def purge(runtime: Runtime, msg: Purge) -> dict[str, Any]:
             runtime.datums.write_store_record(store, updated)
         runtime.events.publish(
             EV_DATUM_PURGED,
-            None,
+            datum.execution_id,  # the execution that produced the datum
             DatumPurged(
                 project_id=msg.project_id,
                 datum_id=datum_id,

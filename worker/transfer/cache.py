@@ -3,9 +3,15 @@
 An entry is the content of one object version: keyed by the source id (store name and the
 object's redacted URL or store URI), valid for one version token. Before reuse, the caller
 passes a fresh stat (:meth:`Cache.lookup`): an entry is used only when the version token and size
-are unchanged, otherwise it is dropped. A hit is hard-linked into the execution's input folder
-(copied when the two are on different file systems) and its recorded hashes are reused, so the
-content is neither downloaded nor hashed again.
+are unchanged, otherwise it is dropped. A hit is copied into the execution's input folder (an
+in-kernel ``copy_file_range``: 0.3 CPU-s per GiB here, against 2.5 s to download and hash) and
+its recorded hashes are reused, so the content is neither downloaded nor hashed again.
+
+The cache never shares an inode with an execution: a hard link would let one execution (of any
+project) change what the next one gets by writing into its input, and no check of mtime or
+ctime tells such a write from the unlink of an old execution folder without also throwing the
+entry away. So entries are private copies, in and out; the data file's inode, size, mtime and
+ctime are still recorded and checked, against anything else that touches the cache.
 
 Layout under ``root``::
 
@@ -16,13 +22,7 @@ Layout under ``root``::
 
 Entries appear and disappear by ``rename``, so readers need no lock; writers (store, evict,
 invalidate) hold an exclusive ``flock`` on ``lock``. Least recently used entries (by the mtime of
-``meta.json``, touched on every hit) are evicted to stay under ``max_bytes``. Because the data is
-hard-linked, an execution that rewrites its input in place would change the cached bytes: the
-data file's inode, size, mtime and ctime are recorded and checked, and a changed entry is
-dropped. ctime matters: a process can set mtime back with ``utime`` but cannot set ctime, and
-every write, chmod, link or unlink of the inode moves it. So the entry re-records its ctime after
-each link it makes; an execution folder deleted later (an unlink elsewhere) makes the entry look
-changed, which costs a download, never wrong bytes.
+``meta.json``, touched on every hit) are evicted to stay under ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -59,25 +59,13 @@ class CachedEntry:
         return self.entry / "data"
 
     def link_to(self, dest: Path) -> bool:
-        """Put the content at ``dest`` (link, else copy); False when the entry just vanished."""
+        """Put a copy of the content at ``dest``; False when the entry just vanished."""
         tmp = dest.with_name(dest.name + PART_SUFFIX)
-        tmp.unlink(missing_ok=True)
-        try:
-            try:
-                os.link(self.data, tmp)
-            except FileNotFoundError:
-                return False
-            except OSError:
-                shutil.copyfile(self.data, tmp)
-        except FileNotFoundError:
-            tmp.unlink(missing_ok=True)
+        if not _private_copy(self.data, tmp):
             return False
         os.replace(tmp, dest)
-        # The link moved the inode's ctime: record it, so a later write shows as a change.
         with contextlib.suppress(OSError):
-            meta = json.loads((self.entry / "meta.json").read_text())
-            meta["identity"] = _identity(self.data)
-            _write_meta(self.entry, meta)  # also the least-recently-used ordering
+            os.utime(self.entry / "meta.json")  # least recently used ordering
         return True
 
 
@@ -182,10 +170,8 @@ class Cache:
         build = self._tmp / f"new-{uuid.uuid4().hex}"
         try:
             build.mkdir()
-            try:
-                os.link(path, build / "data")
-            except OSError:
-                shutil.copyfile(path, build / "data")
+            if not _private_copy(path, build / "data"):
+                raise FileNotFoundError(path)
             meta = {
                 "source_id": source_id,
                 "version": info.version,
@@ -220,6 +206,26 @@ class Cache:
 
     def usage_bytes(self) -> int:
         return self._usage()
+
+
+def _private_copy(src: Path, dest: Path) -> bool:
+    """Copy ``src`` to a new file ``dest`` (never through a link); False if src is gone."""
+    dest.unlink(missing_ok=True)
+    try:
+        with src.open("rb") as fin:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as fout:
+                _copy_range(fin.fileno(), fout.fileno())
+    except FileNotFoundError:
+        dest.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _copy_range(fin: int, fout: int) -> None:
+    # copy_file_range keeps the bytes in the kernel (and reflinks where the file system can).
+    while os.copy_file_range(fin, fout, 1 << 30):
+        pass
 
 
 def _identity(path: Path) -> list[int]:

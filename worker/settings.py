@@ -115,7 +115,7 @@ class Settings(_Strict):
     projects: dict[str, ProjectConfig] = Field(default_factory=dict)
 
     # Transfer engine.
-    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     chunk_size_bytes: Annotated[int, Field(ge=64 * 1024, le=1024 * MiB)] = 8 * MiB
     multipart_threshold_bytes: Annotated[int, Field(ge=0)] = 16 * MiB
     files_in_flight: Annotated[int, Field(ge=1, le=256)] = 16

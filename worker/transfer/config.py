@@ -12,7 +12,7 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class TransferConfig:
     chunk_size_bytes: int = 8 * MiB
-    concurrency: int = 8
+    concurrency: int = 4
     multipart_threshold_bytes: int = 16 * MiB
     files_in_flight: int = 16
     max_attempts: int = 5

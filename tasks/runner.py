@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -99,7 +100,7 @@ def run(
     task: Task,
     task_name: str,
     model: Any,
-    job: Callable[[Runtime, Any], dict[str, Any]],
+    job: Callable[[Runtime, Any, threading.Event | None], dict[str, Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     lease_on: str | None,
@@ -123,7 +124,7 @@ def run(
             log.info("%s; retrying in %d s", exc, rt.settings.lease_retry_s)
             raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
     try:
-        return job(rt, msg)
+        return job(rt, msg, lease.lost if lease is not None else None)
     except ReportedFailure:
         raise
     except HaulError as exc:

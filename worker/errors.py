@@ -131,6 +131,13 @@ class ReportedFailure(HaulError):
     code = "failed"
 
 
+class LeaseLost(ReportedFailure):
+    """This worker lost the execution's lease: another one runs it now, so this copy stops
+    without a failure event (the other copy reports the outcome)."""
+
+    code = "lease_lost"
+
+
 class InternalError(HaulError):
     """Anything that was not foreseen, turned into an event at the task boundary."""
 

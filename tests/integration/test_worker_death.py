@@ -123,3 +123,38 @@ def test_sigterm_requeues_promptly(
         signal.SIGTERM,
     )
     assert stopped_after < 10
+
+
+def test_a_worker_that_loses_its_lease_stops_quietly(
+    redis_srv: Any, tmp_path: Path, slow_www: tuple[TestHTTPServer, bytes]
+) -> None:
+    """Another worker took the execution over (the lease key holds its token now): this copy
+    stops its transfers within a heartbeat, publishes no outcome, and keeps its part file."""
+    www, _data = slow_www
+    url = redis_srv.url.rsplit("/", 1)[0] + "/6"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    data_dir = tmp_path / "data"
+    env = {"HAUL_ALLOW_PRIVATE_ADDRESSES": "true", "HAUL_LEASE_TTL_S": "3"}
+    eid = new_id()
+    with start_worker(url, data_dir, extra_env=env) as w:
+        haul = Haul(url, data_dir, w)
+        result = haul.send(
+            "haul.prepare_inputs",
+            {
+                "execution_id": eid,
+                "project_id": "p",
+                "inputs": [{"name": "x", "urls": [www.url("/big.bin")]}],
+            },
+        )
+        _wait(lambda: www.bytes_sent > MiB, 30, "download never started")
+        client.set(f"haul:lease:haul.prepare_inputs:{eid}", "someone-else", px=60_000)
+        _wait(lambda: result.state == "FAILURE", 30, f"never stopped:\n{haul.log_tail()}")
+        sent = www.bytes_sent
+        assert "lease_lost" in haul.log_tail() or "taken over" in haul.log_tail()
+        assert not haul.events(eid, "haul.inputs.failed")
+        assert not haul.events(eid, "haul.inputs.ready")
+        folder = data_dir / "executions" / eid / "inputs" / "x"
+        assert not (folder / "big.bin").exists()
+        assert (folder / "big.bin.haul-part").exists()  # for the worker that took over
+        assert www.bytes_sent - sent < MiB  # the transfer really stopped

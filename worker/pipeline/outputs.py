@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from worker.constants import (
     METADATA_SUFFIX,
     OUTPUTS_DIR,
 )
-from worker.errors import HaulError, ReportedFailure
+from worker.errors import HaulError, LeaseLost, ReportedFailure
 from worker.events import now_iso
 from worker.models import (
     Datum,
@@ -206,6 +207,11 @@ class _Job:
         }
 
 
+def _check_lease(lease_lost: threading.Event | None, execution_id: str) -> None:
+    if lease_lost is not None and lease_lost.is_set():
+        raise LeaseLost(f"execution {execution_id} was taken over by another worker")
+
+
 def outputs_failed(runtime: Runtime, msg: StoreOutputs, exc: HaulError) -> None:
     runtime.events.publish(
         EV_OUTPUTS_FAILED,
@@ -219,7 +225,9 @@ def outputs_failed(runtime: Runtime, msg: StoreOutputs, exc: HaulError) -> None:
     )
 
 
-def store_outputs(runtime: Runtime, msg: StoreOutputs) -> dict[str, Any]:
+def store_outputs(
+    runtime: Runtime, msg: StoreOutputs, lease_lost: threading.Event | None = None
+) -> dict[str, Any]:
     started = time.monotonic()
     job = _Job(runtime, msg)
     try:
@@ -229,7 +237,13 @@ def store_outputs(runtime: Runtime, msg: StoreOutputs) -> dict[str, Any]:
         candidates, refused = scan(job.outputs)
         for rel, reason in refused:
             job.refuse(rel, reason)
-        stored = [s for c in candidates if (s := job.store_one(store, c)) is not None]
+        stored = []
+        for c in candidates:
+            _check_lease(lease_lost, msg.execution_id)
+            if (one := job.store_one(store, c)) is not None:
+                stored.append(one)
+    except LeaseLost:
+        raise
     except HaulError as exc:
         outputs_failed(runtime, msg, exc)
         if isinstance(exc, OutputsFailedError):

@@ -29,7 +29,7 @@ from worker.constants import (
     PART_RECORD_SUFFIX,
     PART_SUFFIX,
 )
-from worker.errors import HaulError, NotFound, ReportedFailure, UnsafePathError
+from worker.errors import HaulError, LeaseLost, NotFound, ReportedFailure, UnsafePathError
 from worker.events import now_iso
 from worker.hashing import Digests
 from worker.models import (
@@ -303,8 +303,10 @@ def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> None:
 def prepare_inputs(
     runtime: Runtime,
     msg: PrepareInputs,
+    lease_lost: threading.Event | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
+    """``lease_lost`` is set when another worker took the execution over: stop, quietly."""
     started = time.monotonic()
     job = _Job(runtime, msg, progress)
     job.lay_out()
@@ -343,7 +345,8 @@ def prepare_inputs(
         raise InputsFailedError(f"input {f.input!r}: {exc}") from exc
 
     lock = threading.Lock()
-    stop = threading.Event()
+    # Losing the lease stops the transfers like a failure does (they keep their part files).
+    stop = lease_lost if lease_lost is not None else threading.Event()
     failures: list[tuple[HaulError, PlannedFile]] = []
 
     def on_done(res: BatchResult) -> None:
@@ -375,6 +378,8 @@ def prepare_inputs(
         error, bad = failures[0]
         job.failed(error, bad, None, None)
         raise InputsFailedError(f"input {bad.input!r}: {error}") from error
+    if stop.is_set():
+        raise LeaseLost(f"execution {msg.execution_id} was taken over by another worker")
     fetched = [got[i] for i in sorted(got)]
 
     for item in fetched:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from worker.constants import EV_DATUM_PURGED
@@ -11,7 +12,9 @@ from worker.models import DatumPurged, Purge
 from worker.pipeline.runtime import Runtime
 
 
-def purge(runtime: Runtime, msg: Purge) -> dict[str, Any]:
+def purge(
+    runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = None
+) -> dict[str, Any]:
     purged: list[dict[str, Any]] = []
     unknown: list[str] = []
     for datum_id in dict.fromkeys(msg.datum_ids):

@@ -517,7 +517,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(view, indent=2, sort_keys=True))
         return EXIT_OK
-    source = os.environ.get("HAUL_CONFIG") or "(none: embedded defaults)"
+    source = settings.config_file or "(none: embedded defaults)"
     print(f"# settings are valid; config file: {source}; HAUL_* environment variables applied")
     stores = view.pop("stores")
     projects = view.pop("projects")
@@ -856,6 +856,10 @@ def main(argv: list[str] | None = None) -> int:
         return func(args, settings)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `haul events | head`: the reader is done; say nothing more on a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except HaulError as exc:
         _err(str(exc))
         return EXIT_FAILED

@@ -71,17 +71,3 @@ class EventPublisher:
         self.client.xadd(self.stream, {"event": payload}, maxlen=self.maxlen, approximate=True)
         log.info("event %s %s", event_type, event["id"], extra={"event": event})
         return event
-
-
-class MemoryPublisher(EventPublisher):
-    """Collects events in a list (``haul fetch`` and unit tests: no Redis)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def publish(
-        self, event_type: str, subject: str | None, data: BaseModel, *identity: str
-    ) -> dict[str, Any]:
-        event = build_event(event_type, subject, data, identity)
-        self.events.append(event)
-        return event

@@ -39,9 +39,3 @@ def safe_join(base: Path, rel: str) -> Path:
     if parent_real != base_real and not parent_real.startswith(base_real + os.sep):
         raise UnsafePathError(f"path {rel!r} leaves its folder")
     return target
-
-
-def is_within(base: Path, path: Path) -> bool:
-    base_real = os.path.realpath(base)
-    real = os.path.realpath(path)
-    return real == base_real or real.startswith(base_real + os.sep)

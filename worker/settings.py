@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from worker.errors import ConfigError
 
@@ -138,6 +146,12 @@ class Settings(_Strict):
 
     # Credentials captured from the environment at start; never printed.
     secrets: dict[str, StoreSecrets] = Field(default_factory=dict, exclude=True, repr=False)
+    #: the TOML file the settings came from (None: embedded defaults and environment only)
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        return self._config_file
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -280,4 +294,6 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    return settings.model_copy(update={"secrets": _capture_secrets(settings, env)})
+    loaded = settings.model_copy(update={"secrets": _capture_secrets(settings, env)})
+    loaded._config_file = path
+    return loaded

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -37,6 +37,7 @@ from worker.stores.base import ObjectInfo, SourceBase, StreamContext
 from worker.urls import redact_url
 
 _REDIRECTS = {301, 302, 303, 307, 308}
+T = TypeVar("T")
 
 
 def _translate(exc: Exception, url: str) -> HaulError:
@@ -154,10 +155,29 @@ class HttpSource(SourceBase):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         raise SourceError("http(s) URLs cannot be listed; wildcards work only in store URLs")
 
-    def _send(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
-        """GET ``url`` following redirects by hand; returns the streaming response and final URL."""
+    def _follow(self, url: str, hop: Callable[[str], tuple[int, str | None, T]]) -> tuple[T, str]:
+        """Follow redirects by hand, at most ``max_redirects`` hops, each one sent by ``hop``
+        (so each goes through the address guard); returns the last answer and its URL.
+
+        ``hop(current)`` sends one GET and returns (status, Location, answer); for a redirect
+        it has already released the connection.
+        """
         current = url
         for _ in range(self.max_redirects + 1):
+            status, location, answer = hop(current)
+            if status not in _REDIRECTS:
+                return answer, current
+            if not location:
+                raise SourceError(f"{redact_url(current)}: redirect without a Location")
+            current = urljoin(current, location)
+            if not current.startswith(("http://", "https://")):
+                raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
+        raise SourceError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
+
+    def _send(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
+        """GET through httpx; returns the streaming response and the final URL."""
+
+        def hop(current: str) -> tuple[int, str | None, httpx.Response]:
             try:
                 request = self.client.build_request("GET", current, headers=headers)
                 response = self.client.send(request, stream=True)
@@ -165,38 +185,31 @@ class HttpSource(SourceBase):
                 raise
             except (httpx.HTTPError, httpcore.ProtocolError) as exc:
                 raise _translate(exc, current) from None
-            if response.status_code not in _REDIRECTS:
-                return response, current
-            location = response.headers.get("location")
-            response.close()
-            if not location:
-                raise SourceError(f"{redact_url(current)}: redirect without a Location")
-            current = str(response.url.join(location))
-            if not current.startswith(("http://", "https://")):
-                raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
-        raise SourceError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
+            if response.status_code in _REDIRECTS:
+                response.close()
+            return response.status_code, response.headers.get("location"), response
+
+        return self._follow(url, hop)
 
     def _fast_send(
         self, url: str, headers: dict[str, str]
     ) -> tuple[int, Callable[[str], str | None], FastBody | None, str]:
-        """GET through the fast client, following redirects by hand (each hop guarded)."""
-        assert self.fast is not None
-        current = url
-        for _ in range(self.max_redirects + 1):
+        """GET through the fast client; returns status, header getter, body and final URL."""
+        fast = self.fast
+        assert fast is not None
+
+        def hop(current: str) -> tuple[int, str | None, tuple[Any, FastBody | None]]:
             parts = urlsplit(current)
             scheme = parts.scheme.lower()
             if scheme not in ("http", "https") or not parts.hostname:
                 raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
             port = parts.port or (443 if scheme == "https" else 80)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            response, body = self.fast.get(scheme, parts.hostname, port, target, headers, current)
-            if response.status not in _REDIRECTS:
-                return response.status, response.getheader, body, current
-            location = response.getheader("location")
-            if not location:
-                raise SourceError(f"{redact_url(current)}: redirect without a Location")
-            current = urljoin(current, location)
-        raise SourceError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
+            response, body = fast.get(scheme, parts.hostname, port, target, headers, current)
+            return response.status, response.getheader("location"), (response, body)
+
+        (response, body), final = self._follow(url, hop)
+        return response.status, response.getheader, body, final
 
     def stat(self, key: str) -> ObjectInfo:
         if self.fast is not None:

@@ -73,10 +73,6 @@ class ProgressMeter:
         if reported and self._report is not None:
             self._report(snapshot)
 
-    def finish(self) -> Progress:
-        with self._lock:
-            return self._snapshot(self._clock(), final=True)
-
     def _snapshot(self, now: float, *, final: bool) -> Progress:
         elapsed = max(now - self._start, 1e-9)
         rate = self._done / elapsed

@@ -8,6 +8,7 @@ cost is that of the slowest hash, not the sum), and for a local file by
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -20,3 +21,13 @@ class Digests:
 
     def as_dict(self) -> dict[str, str]:
         return {"md5": self.md5, "sha1": self.sha1, "sha256": self.sha256}
+
+
+def digest_bytes(data: bytes | bytearray | memoryview) -> Digests:
+    """The three digests of bytes already in memory (small objects, hashed on one thread)."""
+    return Digests(
+        hashlib.md5(data).hexdigest(),  # noqa: S324 (a content checksum, not security)
+        hashlib.sha1(data).hexdigest(),  # noqa: S324
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+    )

@@ -181,7 +181,7 @@ def _short(url: str, got: int, expected: int | None) -> HaulError:
     return IntegrityError(f"{redact_url(url)}: body ended after {got} of {expected} bytes")
 
 
-def _basic_auth(url: str) -> dict[str, str]:
+def basic_auth(url: str) -> dict[str, str]:
     """Userinfo in the URL becomes HTTP basic auth (it is never logged or recorded)."""
     parts = urlsplit(url)
     if parts.username is None:
@@ -211,17 +211,26 @@ class FastClient:
         self._lock = threading.Lock()
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
 
+    @property
+    def base_headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The one TLS context of this client, made on first use (loading CAs is slow)."""
+        with self._lock:
+            if self._ctx is None:
+                self._ctx = ssl_context(self._verify)
+            return self._ctx
+
     def _new(self, key: _PoolKey) -> _Conn:
         scheme, host, port = key
         if scheme == "https":
-            if self._ctx is None:
-                self._ctx = ssl_context(self._verify)
             return _GuardedHTTPSConnection(
                 host,
                 port,
                 timeout=self._timeout,
                 allow_private=self._allow_private,
-                context=self._ctx,
+                context=self.ssl_context(),
             )
         return _GuardedHTTPConnection(
             host, port, timeout=self._timeout, allow_private=self._allow_private
@@ -251,7 +260,7 @@ class FastClient:
         (the request was not processed), as browsers and urllib3 do.
         """
         key = (scheme, host, port)
-        all_headers = {**self._headers, **_basic_auth(url), **headers}
+        all_headers = {**self._headers, **basic_auth(url), **headers}
         for _ in range(2):
             conn, reused = self._take(key)
             try:

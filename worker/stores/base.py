@@ -16,7 +16,8 @@ of mixing two versions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -96,6 +97,34 @@ class ObjectSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SmallObject:
+    """A whole small object, read in one request."""
+
+    info: ObjectInfo
+    body: bytes
+    seconds: float
+
+
+#: ``deliver(index, got)``; ``got`` None: that key has to go the ordinary way
+SmallDelivery = Callable[[int, SmallObject | None], None]
+
+
+@runtime_checkable
+class SmallObjectReader(ObjectSource, Protocol):
+    """A source that can fetch many small objects at once, whole, in one request each."""
+
+    def fetch_small(
+        self,
+        keys: Sequence[str],
+        limit: int,
+        deliver: SmallDelivery,
+        *,
+        max_connections: int,
+        stop: threading.Event | None = None,
+    ) -> None: ...
 
 
 @runtime_checkable

@@ -13,7 +13,8 @@ small file costs one request and a large one learns its size and ETag from its f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -32,8 +33,15 @@ from worker.errors import (
     TransientError,
 )
 from worker.netguard import GuardedBackend
-from worker.stores._fasthttp import FastBody, FastClient
-from worker.stores.base import ObjectInfo, SourceBase, StreamContext
+from worker.stores._fasthttp import FastBody, FastClient, basic_auth
+from worker.stores._httplane import LaneAnswer, LaneRequest, SmallGetLoop
+from worker.stores.base import (
+    ObjectInfo,
+    SmallDelivery,
+    SmallObject,
+    SourceBase,
+    StreamContext,
+)
 from worker.urls import redact_url
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -135,6 +143,8 @@ class HttpSource(SourceBase):
             headers={"User-Agent": "haul-worker", "Accept-Encoding": "identity"},
         )
         self.max_redirects = max_redirects
+        self._allow_private = allow_private
+        self._timeout_s = timeout_s
         self.fast: FastClient | None = None
         if fast:
             self.fast = FastClient(
@@ -239,6 +249,71 @@ class HttpSource(SourceBase):
         if body is None:  # 416: an empty object
             return info, StreamContext(_Empty())
         return info, StreamContext(body)
+
+    def fetch_small(
+        self,
+        keys: Sequence[str],
+        limit: int,
+        deliver: SmallDelivery,
+        *,
+        max_connections: int,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Fetch objects of at most ``limit`` bytes on one thread (:mod:`._httplane`).
+
+        ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
+        that key must go the ordinary way instead (not small, not a plain answer, or any
+        trouble): nothing is decided here that the ordinary path would decide differently.
+        """
+        fast = self.fast
+        requests: list[LaneRequest] = []
+        for index, key in enumerate(keys):
+            parts = urlsplit(key)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            scheme = parts.scheme.lower()
+            if (
+                fast is None
+                or scheme not in ("http", "https")
+                or not parts.hostname
+                or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in target)
+            ):
+                deliver(index, None)
+                continue
+            port = parts.port or (443 if scheme == "https" else 80)
+            requests.append(
+                LaneRequest(index, scheme, parts.hostname, port, target, basic_auth(key))
+            )
+        if not requests:
+            return
+        assert fast is not None
+        loop = SmallGetLoop(
+            allow_private=self._allow_private,
+            timeout_s=self._timeout_s,
+            ssl_context=fast.ssl_context,
+            base_headers=fast.base_headers,
+            max_body=limit,
+            max_connections=max_connections,
+        )
+
+        def answer(got: LaneAnswer) -> None:
+            info = None if got.body is None else self._small_info(keys[got.token], got)
+            if info is None or got.body is None:
+                deliver(got.token, None)
+            else:
+                deliver(got.token, SmallObject(info, got.body, got.seconds))
+
+        loop.run(requests, answer, stop)
+
+    def _small_info(self, key: str, got: LaneAnswer) -> ObjectInfo | None:
+        """The object's description when ``got`` holds all of it, else None."""
+        assert got.body is not None
+        if got.status == 206:
+            unit, _, spec = got.headers.get("content-range", "").partition(" ")
+            span, _, total = spec.partition("/")
+            if unit != "bytes" or span != f"0-{len(got.body) - 1}" or total != str(len(got.body)):
+                return None  # a part of something larger (or an odd answer)
+        info = self._info(key, key, got.status, got.headers.get)
+        return info if info.size == len(got.body) else None
 
     def _info(
         self, key: str, final: str, status: int, header: Callable[[str], str | None]

@@ -1,10 +1,12 @@
 """Many downloads at once: an input of thousands of small files.
 
-Up to ``files_in_flight`` downloads run on a thread pool; connections are reused through each
-source's own pool (one :class:`~worker.stores.http.HttpSource` for all HTTP items keeps them
-alive). Small objects download in one request each and hash inline on their thread. Large ones
-enter a gate one at a time, so the buffers in flight stay bounded (one chunked download's pool,
-plus one small buffer per thread) while small files keep flowing beside it.
+A source that can fetch whole small objects on one thread (HTTP(S):
+:mod:`worker.transfer.smallfiles`) gets its items first, on the calling thread, with up to
+``files_in_flight`` requests in flight; what it hands back (larger objects, redirects, errors)
+joins the other items on a pool of ``files_in_flight`` threads, where connections are reused
+through each source's own pool. Small objects download in one request each and hash inline.
+Large ones enter a gate one at a time, so the buffers in flight stay bounded (one chunked
+download's pool, plus one small buffer per thread) while small files keep flowing beside it.
 
 Every item gets its own result: a failed item does not stop the others; the caller decides
 whether the input as a whole failed.
@@ -19,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import HaulError, Interrupted
-from worker.stores.base import ObjectInfo, ObjectSource
+from worker.stores.base import ObjectInfo, ObjectSource, SmallObjectReader
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
-from worker.transfer.download import Downloaded, download
+from worker.transfer.download import SMALL_MAX, Downloaded, download, source_id
 from worker.transfer.progress import ProgressFn
+from worker.transfer.smallfiles import SmallItem, fetch_small_items
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,10 @@ def download_many(
 ) -> list[BatchResult]:
     """Download every item; returns one result per item, in the order of ``items``.
 
-    ``on_done`` is called (from a pool thread, once per item, in completion order) as soon as an
-    item finishes or fails. ``stop`` set by the caller lets items not yet started fail fast
-    (a cancelled or already failed input). Only :class:`HaulError` is captured per item; any
-    other exception is a bug and propagates.
+    ``on_done`` is called (from a pool thread or the calling one, once per item, in completion
+    order) as soon as an item finishes or fails. ``stop`` set by the caller lets items not yet
+    started fail fast (a cancelled or already failed input). Only :class:`HaulError` is captured
+    per item; any other exception is a bug and propagates.
     """
     results: list[BatchResult | None] = [None] * len(items)
     gate = threading.Semaphore(1)
@@ -95,11 +98,32 @@ def download_many(
             on_done(result)
         return result
 
-    workers = max(1, min(cfg.files_in_flight, len(items)))
     stop = stop or threading.Event()
+    lanes, ordinary = _lanes(items, cfg, cache)
+    workers = max(1, min(cfg.files_in_flight, len(ordinary) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="haul-file") as pool:
         try:
-            for future in [pool.submit(run, i) for i in range(len(items))]:
+            futures = [pool.submit(run, i) for i in ordinary]
+            for source, small in lanes.items():
+
+                def finished(index: int, got: Downloaded | None, error: HaulError | None) -> None:
+                    result = BatchResult(index, items[index], downloaded=got, error=error)
+                    results[index] = result
+                    if on_done is not None:
+                        on_done(result)
+
+                # On this thread, while the pool works through the ordinary items.
+                back = fetch_small_items(
+                    source,
+                    small,
+                    limit=_lane_limit(cfg),
+                    files_in_flight=cfg.files_in_flight,
+                    cache=cache,
+                    finished=finished,
+                    stop=stop,
+                )
+                futures += [pool.submit(run, item.index) for item in back]
+            for future in futures:
                 future.result()
         except BaseException:
             # The task is being terminated (soft shutdown, time limit): stop the transfers in
@@ -107,3 +131,34 @@ def download_many(
             stop.set()
             raise
     return [r for r in results if r is not None]
+
+
+def _lanes(
+    items: Sequence[BatchItem], cfg: TransferConfig, cache: Cache | None
+) -> tuple[dict[SmallObjectReader, list[SmallItem]], list[int]]:
+    """Items a source can fetch as whole small objects (by source), and the rest (indexes).
+
+    An item the cache may hold goes the ordinary way: a stat validates the entry, and a hit is
+    copied from the cache instead of downloaded.
+    """
+    lanes: dict[SmallObjectReader, list[SmallItem]] = {}
+    ordinary: list[int] = []
+    for index, item in enumerate(items):
+        source = item.source
+        if (
+            _lane_limit(cfg) > 0
+            and item.info is None
+            and isinstance(source, SmallObjectReader)
+            and (cache is None or not cache.has(source_id(source, item.key)))
+        ):
+            label = item.label or str(item.dest)
+            small = SmallItem(index, source, item.key, item.dest, label)
+            lanes.setdefault(source, []).append(small)
+        else:
+            ordinary.append(index)
+    return lanes, ordinary
+
+
+def _lane_limit(cfg: TransferConfig) -> int:
+    """The largest object the small lane takes (larger ones are chunked the ordinary way)."""
+    return min(SMALL_MAX, cfg.multipart_threshold_bytes) if cfg.small_lane else 0

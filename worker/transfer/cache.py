@@ -132,6 +132,10 @@ class Cache:
         return found, sum(size for _, _, size in found)
 
     # ------------------------------------------------------------------ API
+    def has(self, source_id: str) -> bool:
+        """Whether some version of ``source_id`` is held (not whether it is current)."""
+        return (self._entry(source_id) / "meta.json").exists()
+
     def lookup(self, source_id: str, info: ObjectInfo) -> CachedEntry | None:
         """The entry for ``source_id`` if it holds ``info``'s version, else None (and drop it)."""
         entry = self._entry(source_id)

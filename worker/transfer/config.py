@@ -19,6 +19,8 @@ class TransferConfig:
     progress_interval_s: float = 5.0
     backoff_base_s: float = 0.2
     backoff_max_s: float = 10.0
+    #: whole small objects of a batch on one thread where the source can (HTTP); off for tests
+    small_lane: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_size_bytes < 64 * 1024:

@@ -31,10 +31,17 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from worker.constants import PART_RECORD_SUFFIX, PART_SUFFIX
 from worker.errors import Changed, DiskFullError, HaulError, IntegrityError, Interrupted
-from worker.hashing import Digests
+from worker.hashing import Digests, digest_bytes
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
-from worker.transfer.chunked import BufferPool, ChunkedDownload, RetryBudget, fetch_range
+from worker.transfer.chunked import (
+    BufferPool,
+    ChunkedDownload,
+    RangeReader,
+    RetryBudget,
+    fetch_range,
+)
 from worker.transfer.config import TransferConfig
+from worker.transfer.place import write_whole
 from worker.transfer.progress import ProgressFn, ProgressMeter
 from worker.transfer.resume import PartRecord, drop_record
 from worker.transfer.retry import backoff_s, retrying
@@ -51,7 +58,7 @@ _RECORD_EVERY = 4
 #: piece size when one stream of unknown or unranged length is hashed on threads
 # A small object is read whole into one buffer; anything larger streams through a few pieces,
 # so files_in_flight downloads of up-to-threshold objects stay within the memory bound.
-_SMALL_MAX = 1024 * 1024
+SMALL_MAX = 1024 * 1024
 _STREAM_PIECE = 1024 * 1024
 
 
@@ -184,15 +191,20 @@ class _Job:
             # A first range already read holds chunk 0: the rest must then come as chunks.
             limit = self.cfg.chunk_size_bytes if first else self.cfg.multipart_threshold_bytes
             chunked = info.ranges and info.size > limit
+            body: bytearray | None = None
+            resumed = 0
             if chunked:
                 gate = self.gate or contextlib.nullcontext()
                 with gate:
                     digests, resumed = self._chunked(info, first, record, meter)
                     first = None
+            elif 0 <= info.size <= SMALL_MAX:
+                self._drop_part()
+                body, first = self._small(info, first, meter), None
+                digests = digest_bytes(body)
             else:
                 self._drop_part()
-                digests, resumed = self._single(info, first, meter), 0
-                first = None
+                digests, first = self._stream(info, first, meter), None
         finally:
             if first is not None:
                 first.stream.close()
@@ -201,8 +213,11 @@ class _Job:
             verify(info, digests, self.label)
         except IntegrityError as exc:
             raise _Restart(exc) from None
-        os.replace(self.tmp, self.dest)
-        drop_record(self.record_path)
+        if body is not None:
+            write_whole(self.dest, body)  # all at once: no part file for a small object
+        else:
+            os.replace(self.tmp, self.dest)
+            drop_record(self.record_path)
         if self.cache is not None:
             self.cache.store(source_id(self.source, self.key), info, self.dest, digests)
         return Downloaded(digests, info, time.monotonic() - started, resumed_bytes=resumed)
@@ -212,59 +227,47 @@ class _Job:
             self.cleanup()
 
     # ------------------------------------------------------------------ one stream
-    def _single(
-        self, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
-    ) -> Digests:
-        fd = _create_part(self.tmp)
-        try:
-            if 0 <= info.size <= _SMALL_MAX:
-                return self._small(info, first, fd, meter)
-            return self._stream(info, first, fd, meter)
-        finally:
-            os.close(fd)
-
     def _small(
-        self, info: ObjectInfo, first: StreamContext | None, fd: int, meter: ProgressMeter
-    ) -> Digests:
+        self, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
+    ) -> bytearray:
+        """The whole object, read into memory (it is placed once verified)."""
         buf = bytearray(info.size)
         view = memoryview(buf)
         if info.size > 0 or first is None:
             if first is None and info.ranges and info.size > 0:
-                fetch_range(
-                    self.source,
-                    info,
-                    0,
-                    view,
-                    self.cfg,
-                    budget=RetryBudget(self.cfg.max_attempts),
-                    meter=meter,
-                    label=self.label,
-                    cancel=threading.Event(),
-                )
+                source: RangeReader = self.source
             else:
                 # No ranges (or an empty object): the whole body, with the same retries.
-                fetch_range(
-                    _WholeBody(self.source),
-                    info,
-                    0,
-                    view,
-                    self.cfg,
-                    budget=RetryBudget(self.cfg.max_attempts),
-                    meter=meter,
-                    label=self.label,
-                    cancel=threading.Event(),
-                    first=first,
-                )
+                source = _WholeBody(self.source)
+            fetch_range(
+                source,
+                info,
+                0,
+                view,
+                self.cfg,
+                budget=RetryBudget(self.cfg.max_attempts),
+                meter=meter,
+                label=self.label,
+                cancel=threading.Event(),
+                first=None if source is self.source else first,
+            )
         elif first is not None:
             first.stream.close()
-        sink = HashWriteSink(fd, threads=False)
-        sink.feed(Piece(0, 0, view))
-        return sink.finish()
+        return buf
 
     def _stream(
-        self, info: ObjectInfo, first: StreamContext | None, fd: int, meter: ProgressMeter
+        self, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
     ) -> Digests:
         """A large body in one stream (the server ignores ranges, or states no size)."""
+        fd = _create_part(self.tmp)
+        try:
+            return self._stream_into(fd, info, first, meter)
+        finally:
+            os.close(fd)
+
+    def _stream_into(
+        self, fd: int, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
+    ) -> Digests:
         pool = BufferPool(4, _STREAM_PIECE)
         sink = HashWriteSink(fd, threads=True, free=lambda p: pool.release(p.buffer))
         ctx = first or self.source.read(self.key, pin=info)

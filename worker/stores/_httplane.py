@@ -1,0 +1,369 @@
+"""Many small GETs on one thread: non-blocking keep-alive connections and a selector.
+
+Thousands of small files through a pool of threads cost more in GIL hand-offs and in the kernel
+than in HTTP: on the 2-core machine this was measured on, 16 threads fetching 2000 files of
+10 KiB spent about 116 futex calls per file, and the whole batch took 1.1 s where one thread with
+a selector took 0.22 s. curl -Z and aria2c are event loops for the same reason.
+
+This is only a fast lane. A request whose answer is not a plain, complete ``200``/``206`` with a
+``Content-Length`` within the limit (a redirect, an error status, a chunked or larger body, a
+refused address, a reset, a timeout) comes back as *fall back*, and the caller sends it through
+the ordinary path, which has the retries, redirects and error messages. So the lane never has
+to be right about anything but the easy case.
+
+The address guard is kept: each connection goes to an address checked by
+:func:`worker.netguard.resolve`. Each connection carries one request at a time (no pipelining);
+a connection the server closed while idle gets the request again once on a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from worker.errors import HaulError
+from worker.netguard import resolve
+
+_RECV = 256 * 1024
+_MAX_HEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LaneRequest:
+    token: int
+    scheme: str
+    host: str
+    port: int
+    target: str
+    headers: dict[str, str]
+
+
+@dataclass
+class LaneAnswer:
+    """A complete small answer, or ``body is None`` with why it falls back."""
+
+    token: int
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    reason: str = ""
+    #: from the request's first byte sent (or connect) to its last byte received
+    seconds: float = 0.0
+
+
+_Key = tuple[str, str, int]
+
+
+class _Conn:
+    def __init__(self, key: _Key, sock: socket.socket) -> None:
+        self.key = key
+        self.sock = sock
+        self.handshaking = False
+        self.connecting = True
+        self.request: LaneRequest | None = None
+        self.out = b""
+        self.buf = bytearray()
+        self.head_end = -1
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.length = -1
+        self.close_after = False
+        self.served = 0
+        self.deadline = 0.0
+        self.started = time.monotonic()
+
+
+class SmallGetLoop:
+    """Runs GETs for small bodies concurrently on the calling thread."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        timeout_s: float,
+        ssl_context: Callable[[], ssl.SSLContext],
+        base_headers: dict[str, str],
+        max_body: int,
+        max_connections: int,
+    ) -> None:
+        self._allow_private = allow_private
+        self._timeout = timeout_s
+        self._ssl_context = ssl_context
+        self._base = base_headers
+        self._max_body = max_body
+        self._max_conns = max(1, max_connections)
+        self._sel = selectors.DefaultSelector()
+        self._pending: dict[_Key, deque[LaneRequest]] = {}
+        self._conns: set[_Conn] = set()
+        self._retried: set[int] = set()
+        self._answer: Callable[[LaneAnswer], None] = lambda a: None
+
+    # ------------------------------------------------------------------ driving
+    def run(
+        self,
+        requests: Iterable[LaneRequest],
+        answer: Callable[[LaneAnswer], None],
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Send every request; ``answer`` gets exactly one :class:`LaneAnswer` per request."""
+        self._answer = answer
+        for req in requests:
+            self._pending.setdefault((req.scheme, req.host, req.port), deque()).append(req)
+        try:
+            self._open_more()
+            while self._conns:
+                if stop is not None and stop.is_set():
+                    self._abandon("stopped")
+                    return
+                now = time.monotonic()
+                wait = min(c.deadline for c in self._conns) - now
+                for key, mask in self._sel.select(max(0.0, min(wait, 0.5))):
+                    conn: _Conn = key.data
+                    if conn in self._conns:
+                        self._event(conn, mask)
+                now = time.monotonic()
+                for conn in [c for c in self._conns if c.deadline <= now]:
+                    self._fail(conn, "timed out", retry=False)
+                self._open_more()
+        finally:
+            self._abandon("not sent")
+            self._sel.close()
+
+    def _abandon(self, reason: str) -> None:
+        for conn in list(self._conns):
+            self._fail(conn, reason, retry=False)
+        for queue in self._pending.values():
+            while queue:
+                self._answer(LaneAnswer(queue.popleft().token, reason=reason))
+        self._pending.clear()
+
+    def _open_more(self) -> None:
+        for key in list(self._pending):
+            queue = self._pending[key]
+            while queue and len(self._conns) < self._max_conns:
+                req = queue.popleft()
+                if not self._connect(key, req):
+                    continue
+            if not queue:
+                del self._pending[key]
+
+    # ------------------------------------------------------------------ connections
+    def _connect(self, key: _Key, req: LaneRequest) -> bool:
+        try:
+            addresses = resolve(key[1], key[2], allow_private=self._allow_private)
+        except HaulError as exc:
+            self._answer(LaneAnswer(req.token, reason=str(exc)))
+            return False
+        ip = addresses[0]
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex((ip, key[2]))
+        except OSError as exc:
+            sock.close()
+            self._answer(LaneAnswer(req.token, reason=f"connect: {exc}"))
+            return False
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._answer(LaneAnswer(req.token, reason=f"connect: {errno.errorcode.get(code)}"))
+            return False
+        conn = _Conn(key, sock)
+        conn.request = req
+        conn.deadline = time.monotonic() + self._timeout
+        self._conns.add(conn)
+        self._sel.register(sock, selectors.EVENT_WRITE, conn)
+        return True
+
+    def _close(self, conn: _Conn) -> None:
+        self._conns.discard(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        conn.sock.close()
+
+    def _fail(self, conn: _Conn, reason: str, *, retry: bool) -> None:
+        req = conn.request
+        self._close(conn)
+        if req is None:
+            return
+        if retry and req.token not in self._retried:
+            # A kept-alive connection the server closed before reading our request.
+            self._retried.add(req.token)
+            self._pending.setdefault(conn.key, deque()).appendleft(req)
+            return
+        self._answer(LaneAnswer(req.token, reason=reason))
+
+    def _want(self, conn: _Conn, mask: int) -> None:
+        self._sel.modify(conn.sock, mask, conn)
+
+    # ------------------------------------------------------------------ events
+    def _event(self, conn: _Conn, mask: int) -> None:
+        try:
+            if conn.connecting:
+                self._connected(conn)
+            elif conn.handshaking:
+                self._handshake(conn)
+            elif conn.out:
+                self._send(conn)
+            else:
+                self._receive(conn)
+        except ssl.SSLWantReadError:
+            self._want(conn, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            self._want(conn, selectors.EVENT_WRITE)
+        except (OSError, ValueError, UnicodeError) as exc:
+            fresh = conn.served > 0 and not conn.buf
+            self._fail(conn, f"{type(exc).__name__}: {exc}", retry=fresh)
+
+    def _connected(self, conn: _Conn) -> None:
+        code = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, errno.errorcode.get(code, "connect failed"))
+        conn.connecting = False
+        if conn.key[0] == "https":
+            conn.sock = self._ssl_context().wrap_socket(
+                conn.sock, server_hostname=conn.key[1], do_handshake_on_connect=False
+            )
+            self._sel.unregister(conn.sock)  # the wrapped socket has the same descriptor
+            self._sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+            conn.handshaking = True
+            self._handshake(conn)
+            return
+        self._start_request(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        conn.sock.do_handshake()
+        conn.handshaking = False
+        self._start_request(conn)
+
+    def _start_request(self, conn: _Conn) -> None:
+        req = conn.request
+        assert req is not None
+        default = 443 if req.scheme == "https" else 80
+        host = f"[{req.host}]" if ":" in req.host else req.host
+        if req.port != default:
+            host = f"{host}:{req.port}"
+        lines = [f"GET {req.target} HTTP/1.1", f"Host: {host}"]
+        headers = {**self._base, **req.headers, "Range": f"bytes=0-{self._max_body - 1}"}
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        conn.out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        conn.buf.clear()
+        conn.head_end = -1
+        conn.started = time.monotonic()
+        conn.deadline = conn.started + self._timeout
+        self._send(conn)
+
+    def _send(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            self._want(conn, selectors.EVENT_WRITE)
+            return
+        except ssl.SSLWantReadError:
+            self._want(conn, selectors.EVENT_READ)
+            return
+        conn.out = conn.out[sent:]
+        self._want(conn, selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ)
+
+    def _receive(self, conn: _Conn) -> None:
+        while True:
+            data = conn.sock.recv(_RECV)
+            if not data:
+                fresh = conn.served > 0 and not conn.buf
+                self._fail(conn, "connection closed by the server", retry=fresh)
+                return
+            conn.buf += data
+            conn.deadline = time.monotonic() + self._timeout
+            if not self._progress(conn):
+                return
+            # TLS may hold decrypted bytes the selector cannot see.
+            if not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()):
+                return
+
+    def _progress(self, conn: _Conn) -> bool:
+        """Parse what arrived; False once the connection is done with (answered or closed)."""
+        if conn.head_end < 0:
+            end = conn.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(conn.buf) > _MAX_HEAD:
+                    self._fail(conn, "response head too large", retry=False)
+                    return False
+                return True
+            conn.head_end = end + 4
+            reason = self._parse_head(conn, bytes(conn.buf[:end]).decode("latin-1"))
+            if reason:
+                self._fail(conn, reason, retry=False)
+                return False
+        if len(conn.buf) - conn.head_end < conn.length:
+            return True
+        if len(conn.buf) - conn.head_end > conn.length:
+            self._fail(conn, "more bytes than Content-Length", retry=False)
+            return False
+        req = conn.request
+        assert req is not None
+        body = bytes(conn.buf[conn.head_end :])
+        seconds = time.monotonic() - conn.started
+        done = LaneAnswer(req.token, conn.status, conn.headers, body, seconds=seconds)
+        conn.request = None
+        conn.served += 1
+        # The next request goes out before this answer is handled, so the server works on it
+        # while the caller hashes and writes.
+        try:
+            self._next(conn)
+        except (OSError, ValueError) as exc:
+            self._fail(conn, f"{type(exc).__name__}: {exc}", retry=True)
+        self._answer(done)
+        return False
+
+    def _parse_head(self, conn: _Conn, head: str) -> str:
+        """Fill the status and headers; a non-empty return is why this answer falls back."""
+        status_line, *lines = head.split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            return "not an HTTP/1.x response"
+        conn.status = int(code)
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[0] in " \t":
+                return "unusual response headers"
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        conn.headers = headers
+        if conn.status not in (200, 206):
+            return f"HTTP {conn.status}"
+        if "transfer-encoding" in headers:
+            return "chunked body"
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            return "no Content-Length"
+        conn.length = int(length)
+        if conn.length > self._max_body:
+            return "larger than the small-object limit"
+        connection = headers.get("connection", "").lower()
+        conn.close_after = "close" in connection or (
+            version == "HTTP/1.0" and "keep-alive" not in connection
+        )
+        return ""
+
+    def _next(self, conn: _Conn) -> None:
+        """Reuse the connection for the next request to the same host, or close it."""
+        queue = self._pending.get(conn.key)
+        if conn.close_after or not queue:
+            self._close(conn)
+            return
+        conn.request = queue.popleft()
+        if not queue:
+            del self._pending[conn.key]
+        self._start_request(conn)

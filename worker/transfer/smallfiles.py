@@ -1,0 +1,123 @@
+"""The small-object lane of a batch: whole objects in one request each, on one thread.
+
+A source that offers :class:`~worker.stores.base.SmallObjectReader` (HTTP(S) does) fetches every
+item it can as a whole small object; each one is verified, hashed (md5, sha1, sha256 of bytes
+already in memory) and put at its final name in one step
+(:func:`~worker.transfer.place.write_whole`). An item the source hands back (not small, a
+redirect, an error, a reset) goes the ordinary way, through :func:`~worker.transfer.download.
+download`, which owns retries and error messages; so does every item when the lane is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import HaulError, IntegrityError
+from worker.hashing import digest_bytes
+from worker.stores.base import SmallObject, SmallObjectReader
+from worker.transfer.cache import Cache
+from worker.transfer.download import (
+    Downloaded,
+    part_path,
+    part_record_path,
+    source_id,
+    verify,
+)
+from worker.transfer.place import write_whole
+from worker.transfer.resume import drop_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SmallItem:
+    index: int
+    source: SmallObjectReader
+    key: str
+    dest: Path
+    label: str
+
+
+#: ``finished(index, downloaded, error)``: exactly one of the two is set
+Finished = Callable[[int, Downloaded | None, HaulError | None], None]
+
+
+class _Dirs:
+    """Target directories, made and opened once per batch."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def fd(self, folder: Path) -> int:
+        fd = self._fds.get(folder)
+        if fd is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = self._fds[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def fetch_small_items(
+    source: SmallObjectReader,
+    items: list[SmallItem],
+    *,
+    limit: int,
+    files_in_flight: int,
+    cache: Cache | None,
+    finished: Finished,
+    stop: threading.Event | None = None,
+) -> list[SmallItem]:
+    """Fetch what the lane can (objects of at most ``limit`` bytes); returns the items that
+    have to go the ordinary way."""
+    fallback: list[SmallItem] = []
+    dirs = _Dirs()
+
+    def deliver(position: int, got: SmallObject | None) -> None:
+        item = items[position]
+        if got is None:
+            fallback.append(item)
+            return
+        try:
+            done = _settle(item, got, cache, dirs)
+        except IntegrityError as exc:
+            log.info("%s: %s; fetching it the ordinary way", item.label, exc)
+            fallback.append(item)
+        except HaulError as exc:
+            finished(item.index, None, exc)
+        else:
+            finished(item.index, done, None)
+
+    try:
+        source.fetch_small(
+            [item.key for item in items],
+            limit,
+            deliver,
+            max_connections=files_in_flight,
+            stop=stop,
+        )
+    finally:
+        dirs.close()
+    return fallback
+
+
+def _settle(item: SmallItem, got: SmallObject, cache: Cache | None, dirs: _Dirs) -> Downloaded:
+    """Verify, hash and place one whole object, and keep it in the cache."""
+    if os.path.lexists(part_record_path(item.dest)):
+        # A larger object's interrupted download once used this name.
+        part_path(item.dest).unlink(missing_ok=True)
+        drop_record(part_record_path(item.dest))
+    digests = digest_bytes(got.body)
+    verify(got.info, digests, item.label)
+    write_whole(item.dest, got.body, dir_fd=dirs.fd(item.dest.parent))
+    if cache is not None:
+        cache.store(source_id(item.source, item.key), got.info, item.dest, digests)
+    return Downloaded(digests, got.info, got.seconds)

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per tool; the median is reported")
     p.add_argument("--big", action="store_true", help="also fetch a 10 GiB sparse file (haul)")
     p.add_argument(
-        "--only", default="", help="comma list of scenarios: http,local,s3,small,upload,big"
+        "--only", default="", help="comma list of scenarios: http,local,s3,small-fresh,small,upload,big"
     )
     p.add_argument(
         "--haul-mode", choices=["auto", "cli", "run_fetch", "engine"], default="auto",
@@ -145,6 +145,8 @@ def once(scn: Scenario, tool: Tool, run: Path, logs: Path, env: dict[str, str],
     machine.wait_quiet(args.settle_s)
     if not args.cold_writes:
         machine.prime_writes(run, scn.total_bytes + 64 * MiB)
+    if scn.file_count > 1 and scn.inodes == "recycled":
+        machine.recycle_inodes(run, scn.file_count)
     sample = measure.run(tool.argv(run), timeout_s=timeout_s, **kw)  # type: ignore[arg-type]
     if sample.timed_out:
         return None, f"timed out (> {timeout_s:.0f} s)", None
@@ -173,6 +175,7 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
     for row in rows:
         row.status = missing(row.tool) or "ok"
     logs = work / "logs"
+    kept: list[Path] = []
     for rnd in range(args.runs):
         for i, row in enumerate(rows):
             if row.status != "ok":
@@ -182,8 +185,11 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
             try:
                 sample, status, inner = once(scn, row.tool, run, logs, env, args, tag, servers)
             finally:
-                shutil.rmtree(run, ignore_errors=True)
-                os.sync()
+                if scn.inodes == "fresh":
+                    kept.append(run)  # deleting files now would recycle their inodes
+                else:
+                    shutil.rmtree(run, ignore_errors=True)
+                    os.sync()
             if sample is None:
                 row.status = status
                 print(f"  {row.tool.label}: {status}\n    {_stderr_tail(logs, tag)}", flush=True)
@@ -199,6 +205,8 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
                 f"noise {sample.noise:.2f} cores",
                 flush=True,
             )
+    for run in kept:
+        shutil.rmtree(run, ignore_errors=True)
     return rows
 
 
@@ -253,13 +261,16 @@ def start_server(stack: contextlib.ExitStack) -> tuple[nginx.Nginx | None, str]:
 
 
 def build_scenarios(ctx: Context, work: Path, args: argparse.Namespace) -> list[Scenario]:
-    wanted = {s for s in args.only.split(",") if s} or {"http", "local", "s3", "small", "upload"}
+    wanted = {s for s in args.only.split(",") if s} or {
+        "http", "local", "s3", "small-fresh", "small", "upload",
+    }  # fmt: skip
     if args.big:
         wanted.add("big")
     builders = {
         "http": lambda: scenarios.http_big(ctx),
         "local": lambda: scenarios.local_big(ctx),
         "s3": lambda: scenarios.s3_big(ctx),
+        "small-fresh": lambda: scenarios.small_files(ctx, work, fresh=True),
         "small": lambda: scenarios.small_files(ctx, work),
         "upload": lambda: scenarios.upload_big(ctx),
         "big": lambda: scenarios.sparse_big(ctx),

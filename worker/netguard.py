@@ -3,18 +3,15 @@
 With ``allow_private_addresses = false`` (the default) a URL whose host resolves to a loopback,
 private, link-local (cloud metadata at 169.254.169.254), shared, multicast, reserved or
 unspecified address is refused. The check runs on the address that is actually connected to
-(see :class:`GuardedBackend`), after DNS resolution and on every redirect hop, so neither DNS
-rebinding nor a redirect can lead a download to a private address.
+(:func:`resolve`, called by every client right before it connects), after DNS resolution and on
+every redirect hop, so neither DNS rebinding nor a redirect can lead a download to a private
+address.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
-from typing import Any
-
-import httpcore
 
 from worker.errors import ForbiddenAddress, TransientError
 
@@ -58,28 +55,3 @@ def resolve(host: str, port: int, *, allow_private: bool) -> list[str]:
                     "link-local addresses)"
                 )
     return addrs
-
-
-class GuardedBackend(httpcore.SyncBackend):
-    """httpcore network backend that checks the resolved address right before connecting."""
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self.allow_private = allow_private
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        addrs = resolve(host, port, allow_private=self.allow_private)
-        last: Exception | None = None
-        for ip in addrs:
-            try:
-                return super().connect_tcp(ip, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as exc:
-                last = exc
-        assert last is not None
-        raise last

@@ -1,4 +1,4 @@
-"""HTTP(S) inputs: any public address, streamed with httpx.
+"""HTTP(S) inputs: any public address.
 
 Reads are ranged and pinned: the ETag of the first response goes out as ``If-Match`` with every
 later range (a weak ETag cannot pin, so ``If-Unmodified-Since`` with Last-Modified is used
@@ -6,8 +6,9 @@ instead), and a 412 becomes :class:`~worker.errors.Changed`. Redirects are follo
 most ``max_redirects`` hops, each hop through the private-address guard.
 
 Bodies are read through :mod:`worker.stores._fasthttp` (http.client with ``readinto``; it keeps
-the address guard), which costs far less CPU per byte than httpx; ``fast=False`` uses httpx for
-everything. :meth:`HttpSource.read_first` asks for the first range without a prior stat, so a
+the address guard), which costs far less CPU per byte than httpx; ``fast=False`` uses httpx
+(:mod:`worker.stores._httpx`) for everything. Many small objects of a batch go through
+:meth:`HttpSource.fetch_small` (:mod:`worker.stores._httplane`, one thread, a selector). :meth:`HttpSource.read_first` asks for the first range without a prior stat, so a
 small file costs one request and a large one learns its size and ETag from its first chunk.
 """
 
@@ -16,23 +17,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin, urlsplit
-
-import httpcore
-import httpx
 
 from worker.errors import (
     AccessDenied,
     Changed,
-    ForbiddenAddress,
     HaulError,
     IntegrityError,
     NotFound,
     SourceError,
     TransientError,
 )
-from worker.netguard import GuardedBackend
 from worker.stores._fasthttp import FastBody, FastClient, basic_auth
 from worker.stores._httplane import LaneAnswer, LaneRequest, SmallGetLoop
 from worker.stores.base import (
@@ -44,22 +40,11 @@ from worker.stores.base import (
 )
 from worker.urls import redact_url
 
+if TYPE_CHECKING:
+    from worker.stores._httpx import HttpxClient, HttpxResponse
+
 _REDIRECTS = {301, 302, 303, 307, 308}
 T = TypeVar("T")
-
-
-def _translate(exc: Exception, url: str) -> HaulError:
-    """The one place httpx errors become haul errors."""
-    shown = redact_url(url)
-    if isinstance(exc, HaulError):
-        return exc
-    if isinstance(exc, httpx.RemoteProtocolError) and "message body" in str(exc):
-        return IntegrityError(f"{shown}: the body ended before its announced length")
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"timed out reading {shown}")
-    if isinstance(exc, httpx.TransportError):
-        return TransientError(f"connection problem with {shown}: {type(exc).__name__}")
-    return SourceError(f"cannot read {shown}: {type(exc).__name__}")
 
 
 def _status_error(status: int, url: str) -> HaulError:
@@ -86,32 +71,6 @@ def _iso(http_date: str | None) -> str | None:
         return None
 
 
-class _Body:
-    """An httpx streaming response as a ByteStream."""
-
-    def __init__(self, response: httpx.Response, url: str) -> None:
-        self._response = response
-        self._chunks = response.iter_raw(1024 * 1024)
-        self._left = memoryview(b"")
-        self._url = url
-
-    def readinto(self, buffer: memoryview) -> int:
-        if not self._left:
-            try:
-                self._left = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-            except (httpx.HTTPError, httpcore.ProtocolError) as exc:
-                raise _translate(exc, self._url) from None
-        n = min(len(buffer), len(self._left))
-        buffer[:n] = self._left[:n]
-        self._left = self._left[n:]
-        return n
-
-    def close(self) -> None:
-        self._response.close()
-
-
 class HttpSource(SourceBase):
     """Reads http(s) URLs; the key is the whole URL."""
 
@@ -127,21 +86,10 @@ class HttpSource(SourceBase):
         max_connections: int = 64,
         fast: bool = True,
     ) -> None:
-        transport = httpx.HTTPTransport(
-            verify=verify,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
-        # Swap the connection pool's network backend for one that checks every address.
-        pool = transport._pool
-        pool._network_backend = GuardedBackend(allow_private=allow_private)
-        self.client = httpx.Client(
-            transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
-            follow_redirects=False,
-            headers={"User-Agent": "haul-worker", "Accept-Encoding": "identity"},
-        )
+        # httpx (and its 40 ms of imports) only where the fast client is off: see _httpx.
+        self._httpx: HttpxClient | None = None
+        self._verify = verify
+        self._max_connections = max_connections
         self.max_redirects = max_redirects
         self._allow_private = allow_private
         self._timeout_s = timeout_s
@@ -154,8 +102,22 @@ class HttpSource(SourceBase):
                 max_idle_per_host=max_connections,
             )
 
+    @property
+    def client(self) -> HttpxClient:
+        if self._httpx is None:
+            from worker.stores._httpx import HttpxClient
+
+            self._httpx = HttpxClient(
+                allow_private=self._allow_private,
+                timeout_s=self._timeout_s,
+                verify=self._verify,
+                max_connections=self._max_connections,
+            )
+        return self._httpx
+
     def close(self) -> None:
-        self.client.close()
+        if self._httpx is not None:
+            self._httpx.close()
         if self.fast is not None:
             self.fast.close()
 
@@ -184,17 +146,12 @@ class HttpSource(SourceBase):
                 raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
         raise SourceError(f"{redact_url(url)}: more than {self.max_redirects} redirects")
 
-    def _send(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, str]:
+    def _send(self, url: str, headers: dict[str, str]) -> tuple[HttpxResponse, str]:
         """GET through httpx; returns the streaming response and the final URL."""
+        client = self.client
 
-        def hop(current: str) -> tuple[int, str | None, httpx.Response]:
-            try:
-                request = self.client.build_request("GET", current, headers=headers)
-                response = self.client.send(request, stream=True)
-            except ForbiddenAddress:
-                raise
-            except (httpx.HTTPError, httpcore.ProtocolError) as exc:
-                raise _translate(exc, current) from None
+        def hop(current: str) -> tuple[int, str | None, HttpxResponse]:
+            response = client.get(current, headers)
             if response.status_code in _REDIRECTS:
                 response.close()
             return response.status_code, response.headers.get("location"), response
@@ -377,7 +334,7 @@ class HttpSource(SourceBase):
         if pin is not None and pin.etag and response.headers.get("etag") not in (None, pin.etag):
             response.close()
             raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")
-        return StreamContext(_Body(response, final))
+        return StreamContext(self.client.body(response, final))
 
     def _fast_read(
         self,

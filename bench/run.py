@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per tool; the median is reported")
     p.add_argument("--big", action="store_true", help="also fetch a 10 GiB sparse file (haul)")
     p.add_argument(
-        "--only", default="", help="comma list of scenarios: http,local,s3,small-fresh,small,upload,big"
+        "--only",
+        default="",
+        help="comma list of scenarios: http,local,s3,small-fresh,small,upload,big",
     )
     p.add_argument(
         "--haul-mode", choices=["auto", "cli", "run_fetch", "engine"], default="auto",

@@ -8,8 +8,9 @@ most ``max_redirects`` hops, each hop through the private-address guard.
 Bodies are read through :mod:`worker.stores._fasthttp` (http.client with ``readinto``; it keeps
 the address guard), which costs far less CPU per byte than httpx; ``fast=False`` uses httpx
 (:mod:`worker.stores._httpx`) for everything. Many small objects of a batch go through
-:meth:`HttpSource.fetch_small` (:mod:`worker.stores._httplane`, one thread, a selector). :meth:`HttpSource.read_first` asks for the first range without a prior stat, so a
-small file costs one request and a large one learns its size and ETag from its first chunk.
+:meth:`HttpSource.fetch_small` (:mod:`worker.stores._httplane`, one thread, a selector).
+:meth:`HttpSource.read_first` asks for the first range without a prior stat, so a small file
+costs one request and a large one learns its size and ETag from its first chunk.
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ class S3StoreConfig(_Strict):
     region: str | None = None
     endpoint_url: str | None = None
     profile: str | None = None
+    #: ranged reads through presigned URLs and http.client (no proxy); false: boto3 for all
+    fast_reads: bool = True
 
 
 class AzureStoreConfig(_Strict):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from worker.errors import StoreError
 from worker.stores._retry import RetryPolicy, call_with_retry
-from worker.stores._stream import CountedStream
+from worker.stores._stream import read_all
 from worker.stores.base import ObjectInfo, SourceBase, StreamContext
 
 T = TypeVar("T")
@@ -52,5 +52,4 @@ class SdkStore(SourceBase):
 
     def get_record(self, key: str) -> bytes:
         with self.read(key) as stream:
-            assert isinstance(stream, CountedStream)
-            return stream.read_all()
+            return read_all(stream)

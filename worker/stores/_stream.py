@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 from worker.errors import IntegrityError
+from worker.stores.base import ByteStream
 
 
 class CountedStream:
@@ -66,14 +67,6 @@ class CountedStream:
         self._pending = self._pending[n:]
         return n
 
-    def read_all(self) -> bytes:
-        """The whole remaining body (small records)."""
-        out = bytearray()
-        buf = memoryview(bytearray(1024 * 1024))
-        while n := self.readinto(buf):
-            out += buf[:n]
-        return bytes(out)
-
     def close(self) -> None:
         self._done = True
         self._pending = memoryview(b"")
@@ -89,3 +82,12 @@ def range_end(start: int, length: int | None, size: int) -> int:
         raise ValueError("start and length must be >= 0")
     end = size if length is None else min(size, start + length)
     return max(start, end)
+
+
+def read_all(stream: ByteStream) -> bytes:
+    """The whole remaining body of a stream (small records)."""
+    out = bytearray()
+    buf = memoryview(bytearray(1024 * 1024))
+    while n := stream.readinto(buf):
+        out += buf[:n]
+    return bytes(out)

@@ -1,0 +1,119 @@
+"""S3 ranged reads through presigned URLs and http.client, and the way back to boto3."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.httpserver import TestHTTPServer, serve
+from tests.support.servers import MotoServer
+from worker.errors import Changed, TransientError
+from worker.stores._fasthttp import FastBody
+from worker.stores._stream import read_all
+from worker.stores.s3 import S3Store
+
+
+@pytest.fixture
+def creds(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAHAULFASTREAD0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "haul-fast-read-secret-5eCr3t")
+
+
+@pytest.fixture
+def moto_store(s3_srv: MotoServer, creds: None) -> Iterator[S3Store]:
+    bucket = "fast-" + uuid.uuid4().hex[:12]
+    store = S3Store("s3", bucket, endpoint_url=s3_srv.endpoint_url, region=s3_srv.region)
+    store._client.create_bucket(Bucket=bucket)
+    yield store
+    store.close()
+
+
+def test_ranges_come_through_presigned_urls_without_leaking_them(
+    moto_store: S3Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="worker")
+    data = os.urandom(300_000)
+    moto_store._client.put_object(Bucket=moto_store.bucket, Key="k/data.bin", Body=data)
+    info = moto_store.stat("k/data.bin")
+    with moto_store.read("k/data.bin", start=1000, length=5000, pin=info) as body:
+        assert isinstance(body, FastBody)
+        assert read_all(body) == data[1000:6000]
+    with moto_store.read("k/data.bin", start=299_000, pin=info) as body:
+        assert read_all(body) == data[299_000:]
+    assert moto_store._fast_reads
+    for secret in ("haul-fast-read-secret-5eCr3t", "X-Amz-Signature", "AKIAHAULFASTREAD0001"):
+        assert secret not in caplog.text
+
+
+def test_a_replaced_object_is_changed_on_the_fast_path(moto_store: S3Store) -> None:
+    client = moto_store._client
+    client.put_object(Bucket=moto_store.bucket, Key="r.bin", Body=b"one" * 1000)
+    info = moto_store.stat("r.bin")
+    client.put_object(Bucket=moto_store.bucket, Key="r.bin", Body=b"two" * 1000)
+    with pytest.raises(Changed), moto_store.read("r.bin", start=0, length=100, pin=info):
+        pass
+    assert moto_store._fast_reads  # a 412 is an answer, not a reason to leave the fast path
+
+
+@pytest.fixture
+def fake_s3(tmp_path: Path, creds: None) -> Iterator[tuple[TestHTTPServer, S3Store]]:
+    """The test HTTP server posing as a path-style S3 endpoint (it ignores signatures)."""
+    root = tmp_path / "www"
+    (root / "bkt").mkdir(parents=True)
+    with serve(root) as srv:
+        store = S3Store("s3", "bkt", endpoint_url=srv.base_url, region="us-east-1")
+        yield srv, store
+        store.close()
+
+
+def test_an_answer_the_fast_path_cannot_use_hands_over_to_boto3(
+    fake_s3: tuple[TestHTTPServer, S3Store],
+) -> None:
+    srv, store = fake_s3
+    data = os.urandom(50_000)
+    srv.put_file("/bkt/obj.bin", data)
+    info = store.stat("obj.bin")
+    srv.faults.fail_next("/bkt/obj.bin", status=400, method="GET")
+    with store.read("obj.bin", start=10, length=20_000, pin=info) as body:
+        assert not isinstance(body, FastBody)
+        assert read_all(body) == data[10:20_010]
+    assert not store._fast_reads
+    gets = srv.requests_for("/bkt/obj.bin", "GET")
+    assert len(gets) == 2
+    assert "X-Amz-Signature=" in gets[0].query  # presigned
+    assert "authorization" in gets[1].headers  # boto3's signed request
+
+
+def test_a_temporary_error_on_the_fast_path_is_retryable(
+    fake_s3: tuple[TestHTTPServer, S3Store],
+) -> None:
+    srv, store = fake_s3
+    srv.put_file("/bkt/obj.bin", b"x" * 1000)
+    info = store.stat("obj.bin")
+    srv.faults.fail_next("/bkt/obj.bin", status=503, method="GET")
+    with pytest.raises(TransientError) as err, store.read("obj.bin", length=10, pin=info):
+        pass
+    assert err.value.retryable
+    assert "X-Amz" not in str(err.value)
+    assert store._fast_reads
+    with store.read("obj.bin", length=10, pin=info) as body:
+        assert read_all(body) == b"x" * 10
+
+
+def test_fast_reads_can_be_turned_off(fake_s3: tuple[TestHTTPServer, S3Store], creds: None) -> None:
+    srv, _ = fake_s3
+    srv.put_file("/bkt/obj.bin", b"y" * 100)
+    store = S3Store("s3", "bkt", endpoint_url=srv.base_url, region="us-east-1", fast_reads=False)
+    info = store.stat("obj.bin")
+    with store.read("obj.bin", length=10, pin=info) as body:
+        assert not isinstance(body, FastBody)
+        assert read_all(body) == b"y" * 10

@@ -81,20 +81,24 @@ def prime_writes(folder: Path, size_bytes: int, piece_bytes: int = 1024 * 1024) 
         path.unlink()
 
 
-def recycle_inodes(folder: Path, count: int) -> None:
-    """Create ``count`` empty files in a scratch folder and delete them (not measured).
+#: how long ext4 (without a journal) treats a deleted, written-back inode as recently deleted
+RECENT_DELETE_S = 5.5
 
-    ext4 skips inodes freed in the last 5 seconds (5 minutes while their inode table block is
-    not yet written back) when it allocates new ones, which it does by reading inode table
-    blocks: right after 2000 files were deleted, creating 2000 new ones cost 0.3-1.7 s of kernel
-    time here instead of 0.06 s. A worker meets that state after every execution whose inputs
-    were cleaned up, so the many-files rows are measured in it, and in the same depth for every
-    tool: without this, the depth would depend on which run deleted what how long before.
+
+def recycle_inodes(folder: Path, count: int) -> None:
+    """Create ``count`` empty files in ``folder`` and delete them again (not measured).
+
+    This machine's ext4 has no journal, and then the inode allocator skips every free inode
+    that was deleted less than 5 seconds ago (5 minutes while its inode table block is dirty),
+    looking each one up in the buffer cache: creating 2000 files in a folder whose 2000 files
+    were just deleted cost about 1 s of kernel time here, against 0.06 s in a fresh one. A
+    worker meets that state whenever inputs land where an earlier execution's were cleaned up,
+    so the many-files rows are measured in it, at the same depth for every tool (the bench's
+    own earlier deletions are let to age out first). Deletion times are kept in whole seconds
+    and must be in the past to count, hence the wait.
     """
-    scratch = folder / "recycled-inodes"
-    scratch.mkdir()
     for i in range(count):
-        os.close(os.open(scratch / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o600))
+        os.close(os.open(folder / f"recycled-{i}", os.O_WRONLY | os.O_CREAT, 0o600))
     for i in range(count):
-        os.unlink(scratch / f"f{i}")
-    scratch.rmdir()
+        os.unlink(folder / f"recycled-{i}")
+    time.sleep(1.1)

@@ -144,11 +144,11 @@ def once(scn: Scenario, tool: Tool, run: Path, logs: Path, env: dict[str, str],
         shutil.rmtree(out)
         out.mkdir()
         (run / "timing").unlink(missing_ok=True)
+    if scn.file_count > 1 and scn.inodes == "recycled":
+        machine.recycle_inodes(out, scn.file_count)
     machine.wait_quiet(args.settle_s)
     if not args.cold_writes:
         machine.prime_writes(run, scn.total_bytes + 64 * MiB)
-    if scn.file_count > 1 and scn.inodes == "recycled":
-        machine.recycle_inodes(run, scn.file_count)
     sample = measure.run(tool.argv(run), timeout_s=timeout_s, **kw)  # type: ignore[arg-type]
     if sample.timed_out:
         return None, f"timed out (> {timeout_s:.0f} s)", None
@@ -179,7 +179,10 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
     logs = work / "logs"
     kept: list[Path] = []
     for rnd in range(args.runs):
-        for i, row in enumerate(rows):
+        # Each round starts with another tool: state that builds up over a scenario (the
+        # kernel's recently deleted inodes, see machine.recycle_inodes) favours no one.
+        shift = rnd % len(rows)
+        for i, row in [*enumerate(rows)][shift:] + [*enumerate(rows)][:shift]:
             if row.status != "ok":
                 continue
             tag = f"{scn.key}-{row.tool.key}-{rnd}"
@@ -192,6 +195,10 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
                 else:
                     shutil.rmtree(run, ignore_errors=True)
                     os.sync()
+                    if scn.file_count > 1:
+                        # Let these deletions age out, so the next run meets only its own
+                        # recycled inodes (machine.recycle_inodes), whatever ran before it.
+                        time.sleep(machine.RECENT_DELETE_S)
             if sample is None:
                 row.status = status
                 print(f"  {row.tool.label}: {status}\n    {_stderr_tail(logs, tag)}", flush=True)

@@ -125,6 +125,12 @@ class DiskFullError(HaulError):
     code = "disk_full"
 
 
+class DestinationError(HaulError):
+    """The local file cannot be written where it belongs (a folder at its name, permissions)."""
+
+    code = "destination_error"
+
+
 class ReportedFailure(HaulError):
     """A job failure whose event was already published (the task boundary adds none)."""
 

@@ -150,10 +150,16 @@ class Settings(_Strict):
     secrets: dict[str, StoreSecrets] = Field(default_factory=dict, exclude=True, repr=False)
     #: the TOML file the settings came from (None: embedded defaults and environment only)
     _config_file: Path | None = PrivateAttr(default=None)
+    #: an HTTP(S) proxy is set in the environment (the SDKs would use it)
+    _proxy_in_env: bool = PrivateAttr(default=False)
 
     @property
     def config_file(self) -> Path | None:
         return self._config_file
+
+    @property
+    def proxy_in_env(self) -> bool:
+        return self._proxy_in_env
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -282,6 +288,9 @@ def _capture_secrets(settings: Settings, environ: Mapping[str, str]) -> dict[str
     return secrets
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> Settings:
@@ -298,4 +307,5 @@ def load_settings(
         raise ConfigError(_format_errors(exc)) from None
     loaded = settings.model_copy(update={"secrets": _capture_secrets(settings, env)})
     loaded._config_file = path
+    loaded._proxy_in_env = any(env.get(k) for k in _PROXY_VARS)
     return loaded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import socketserver
 import ssl
 import threading
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 
 from tests.engine.conftest import SMALL_CFG, digests_of, leftovers
 from tests.support.httpserver import TestHTTPServer, serve
-from worker.errors import DiskFullError, ForbiddenAddress, Interrupted, NotFound, SourceError
+from worker.errors import (
+    DestinationError,
+    DiskFullError,
+    ForbiddenAddress,
+    Interrupted,
+    NotFound,
+    SourceError,
+)
 from worker.stores.http import HttpSource
 from worker.transfer import place
 from worker.transfer.batch import BatchItem, BatchResult, download_many
@@ -269,3 +277,119 @@ def test_write_whole_on_a_full_disk_leaves_nothing(
         with pytest.raises(DiskFullError):
             write_whole(tmp_path / "f", b"data")
         assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------- review
+
+
+def test_a_folder_at_a_destination_fails_that_item_only(
+    server: TestHTTPServer, http: HttpSource, tmp_path: Path
+) -> None:
+    files = put_many(server, 6)
+    to = tmp_path / "in"
+    (to / "f002.bin").mkdir(parents=True)
+    seen: list[BatchResult] = []
+    results = download_many(
+        items_for(http, server, list(files), to), SMALL_CFG, on_done=seen.append
+    )
+    assert len(results) == len(seen) == len(files)
+    bad = results[2]
+    assert isinstance(bad.error, DestinationError), bad.error
+    assert "f002.bin" in str(bad.error)
+    assert all(r.ok for i, r in enumerate(results) if i != 2)
+    assert (to / "f002.bin").is_dir()
+    assert leftovers(to) == []
+
+
+def test_thousands_of_folders_do_not_hold_a_descriptor_each(
+    server: TestHTTPServer, http: HttpSource, tmp_path: Path
+) -> None:
+    files = put_many(server, 150)
+    items = [
+        BatchItem(http, server.url(p), tmp_path / f"d{i}" / "sub" / "f.bin")
+        for i, p in enumerate(files)
+    ]
+    before = len(os.listdir("/proc/self/fd"))
+    most = [before]
+
+    def sample(result: BatchResult) -> None:
+        most[0] = max(most[0], len(os.listdir("/proc/self/fd")))
+
+    results = download_many(items, SMALL_CFG, on_done=sample)
+    assert all(r.ok for r in results)
+    # Connections at both ends (the test server runs in this process) and a few folders.
+    assert most[0] - before <= 2 * SMALL_CFG.files_in_flight + 16 + 10 < len(files)
+    for i, data in enumerate(files.values()):
+        assert (tmp_path / f"d{i}" / "sub" / "f.bin").read_bytes() == data
+
+
+def test_a_part_file_left_by_an_interrupted_download_is_removed(
+    server: TestHTTPServer, http: HttpSource, tmp_path: Path
+) -> None:
+    files = put_many(server, 3)
+    for lane in (True, False):
+        to = tmp_path / f"lane-{lane}"
+        to.mkdir()
+        for path in files:
+            (to / (path.rsplit("/", 1)[1] + ".haul-part")).write_bytes(b"stale")
+        cfg = dataclasses.replace(SMALL_CFG, small_lane=lane)
+        results = download_many(items_for(http, server, list(files), to), cfg)
+        assert all(r.ok for r in results)
+        assert leftovers(to) == []
+
+
+def test_a_host_that_keeps_failing_leaves_the_lane(
+    server: TestHTTPServer, http: HttpSource, tmp_path: Path
+) -> None:
+    files = put_many(server, 60)
+    server.faults.reset_connection("/many/*", times=None)
+    results = download_many(items_for(http, server, list(files), tmp_path), SMALL_CFG)
+    assert not any(r.ok for r in results)
+    lane_tries = sum(lane_requests(server, p) for p in files)
+    # Those already sent when the fourth failure came back, then none.
+    assert lane_tries <= 4 + SMALL_CFG.files_in_flight < len(files)
+
+
+class _BareLF(socketserver.StreamRequestHandler):
+    """Answers every request with header lines ended by a bare LF (http.client accepts it)."""
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            body = b"bare-lf body"
+            head = f'HTTP/1.1 200 OK\nContent-Length: {len(body)}\nETag: "x"\n\n'
+            self.wfile.write(head.encode() + body)
+            self.server.requests += 1  # type: ignore[attr-defined]
+
+
+def test_bare_lf_answers_go_the_ordinary_way_at_once(tmp_path: Path) -> None:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _BareLF) as srv:
+        srv.daemon_threads = True
+        srv.requests = 0  # type: ignore[attr-defined]
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        # A lane that waited for the timeout would hold this test for 20 minutes per batch.
+        http = HttpSource(allow_private=True, timeout_s=1200)
+        try:
+            items = [BatchItem(http, f"{base}/f{i}", tmp_path / f"f{i}") for i in range(8)]
+            results = download_many(items, SMALL_CFG)
+        finally:
+            http.close()
+            srv.shutdown()
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert all((tmp_path / f"f{i}").read_bytes() == b"bare-lf body" for i in range(8))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://b\u00fccher.example/x", "http://127.0.0.1:99999/x", "http://h/a b", "ftp://h/x"],
+)
+def test_unusual_urls_are_handed_back(url: str) -> None:
+    from worker.stores.http import _lane_request
+
+    assert _lane_request(0, url) is None
+    assert _lane_request(0, "http://127.0.0.1:8080/ok?q=1") is not None

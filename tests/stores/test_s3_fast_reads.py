@@ -7,13 +7,15 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.servers import MotoServer
-from worker.errors import Changed, TransientError
-from worker.stores._fasthttp import FastBody
+from worker.errors import Changed, NotFound, TransientError
+from worker.settings import S3StoreConfig
+from worker.stores._fasthttp import FastBody, FastClient
 from worker.stores._stream import read_all
 from worker.stores.s3 import S3Store
 
@@ -117,3 +119,67 @@ def test_fast_reads_can_be_turned_off(fake_s3: tuple[TestHTTPServer, S3Store], c
     with store.read("obj.bin", length=10, pin=info) as body:
         assert not isinstance(body, FastBody)
         assert read_all(body) == b"y" * 10
+
+
+def test_a_missing_object_is_not_found_and_keeps_the_fast_path(
+    fake_s3: tuple[TestHTTPServer, S3Store],
+) -> None:
+    srv, store = fake_s3
+    srv.put_file("/bkt/obj.bin", b"z" * 100)
+    info = store.stat("obj.bin")
+    (srv.root / "bkt" / "obj.bin").unlink()
+    with pytest.raises(NotFound), store.read("obj.bin", length=10, pin=info):
+        pass
+    assert store._fast_reads
+
+
+def test_a_fast_path_that_never_connected_hands_over_to_boto3(
+    fake_s3: tuple[TestHTTPServer, S3Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, store = fake_s3
+    srv.put_file("/bkt/obj.bin", b"w" * 100)
+    info = store.stat("obj.bin")
+
+    def unreachable(*args: object, **kwargs: object) -> NoReturn:
+        raise TransientError("cannot connect to 127.0.0.1: refused")
+
+    monkeypatch.setattr(FastClient, "get", unreachable)
+    with store.read("obj.bin", length=10, pin=info) as body:
+        assert read_all(body) == b"w" * 10
+    assert not store._fast_reads
+
+
+def test_once_proven_the_fast_path_reports_connection_errors(
+    fake_s3: tuple[TestHTTPServer, S3Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, store = fake_s3
+    srv.put_file("/bkt/obj.bin", b"v" * 100)
+    info = store.stat("obj.bin")
+    with store.read("obj.bin", length=10, pin=info) as body:
+        assert isinstance(body, FastBody)
+        read_all(body)
+
+    def reset(*args: object, **kwargs: object) -> NoReturn:
+        raise TransientError("connection problem: ConnectionResetError")
+
+    monkeypatch.setattr(FastClient, "get", reset)
+    with pytest.raises(TransientError), store.read("obj.bin", length=10, pin=info):
+        pass
+    assert store._fast_reads  # a reset is retried by the chunk, not a reason to leave
+
+
+def test_a_proxy_in_the_environment_turns_fast_reads_off(creds: None) -> None:
+    from worker.settings import load_settings
+    from worker.stores.s3 import from_config
+
+    env = {
+        "HAUL_STORES__LAKE__TYPE": "s3",
+        "HAUL_STORES__LAKE__BUCKET": "bkt",
+        "HAUL_STORES__LAKE__REGION": "us-east-1",
+    }
+    plain = load_settings(env)
+    proxied = load_settings({**env, "HTTPS_PROXY": "http://proxy.example:3128"})
+    cfg = plain.stores["lake"]
+    assert isinstance(cfg, S3StoreConfig)
+    assert from_config("lake", cfg, plain.store_secrets("lake"), plain)._fast_reads
+    assert not from_config("lake", cfg, proxied.store_secrets("lake"), proxied)._fast_reads

@@ -34,6 +34,8 @@ from worker.netguard import resolve
 
 _RECV = 256 * 1024
 _MAX_HEAD = 64 * 1024
+#: failed requests after which a host that never answered well leaves the lane
+_GIVE_UP_AFTER = 4
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,12 @@ class SmallGetLoop:
         self._pending: dict[_Key, deque[LaneRequest]] = {}
         self._conns: set[_Conn] = set()
         self._retried: set[int] = set()
-        self._answer: Callable[[LaneAnswer], None] = lambda a: None
+        self._failures: dict[_Key, int] = {}
+        self._served: set[_Key] = set()
+        # Answers wait here until the socket work of one event is done: the caller's callback
+        # then runs outside the socket error handling, so its own errors are never taken for a
+        # connection problem.
+        self._ready: list[LaneAnswer] = []
 
     # ------------------------------------------------------------------ driving
     def run(
@@ -114,11 +121,11 @@ class SmallGetLoop:
         stop: threading.Event | None = None,
     ) -> None:
         """Send every request; ``answer`` gets exactly one :class:`LaneAnswer` per request."""
-        self._answer = answer
         for req in requests:
             self._pending.setdefault((req.scheme, req.host, req.port), deque()).append(req)
         try:
             self._open_more()
+            self._flush(answer)
             while self._conns:
                 if stop is not None and stop.is_set():
                     self._abandon("stopped")
@@ -129,20 +136,30 @@ class SmallGetLoop:
                     conn: _Conn = key.data
                     if conn in self._conns:
                         self._event(conn, mask)
+                    self._flush(answer)
                 now = time.monotonic()
                 for conn in [c for c in self._conns if c.deadline <= now]:
                     self._fail(conn, "timed out", retry=False)
                 self._open_more()
+                self._flush(answer)
         finally:
             self._abandon("not sent")
             self._sel.close()
+            self._flush(answer)
+
+    def _give(self, answer: LaneAnswer) -> None:
+        self._ready.append(answer)
+
+    def _flush(self, answer: Callable[[LaneAnswer], None]) -> None:
+        while self._ready:
+            answer(self._ready.pop(0))
 
     def _abandon(self, reason: str) -> None:
         for conn in list(self._conns):
             self._fail(conn, reason, retry=False)
         for queue in self._pending.values():
             while queue:
-                self._answer(LaneAnswer(queue.popleft().token, reason=reason))
+                self._give(LaneAnswer(queue.popleft().token, reason=reason))
         self._pending.clear()
 
     def _open_more(self) -> None:
@@ -159,22 +176,28 @@ class SmallGetLoop:
     def _connect(self, key: _Key, req: LaneRequest) -> bool:
         try:
             addresses = resolve(key[1], key[2], allow_private=self._allow_private)
-        except HaulError as exc:
-            self._answer(LaneAnswer(req.token, reason=str(exc)))
+        except (HaulError, OSError, ValueError) as exc:  # UnicodeError: a bad host name
+            self._give(LaneAnswer(req.token, reason=str(exc)))
             return False
         ip = addresses[0]
-        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
+            sock = socket.socket(
+                socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM
+            )
+        except OSError as exc:  # out of descriptors, say: the ordinary way decides
+            self._give(LaneAnswer(req.token, reason=f"socket: {exc}"))
+            return False
+        try:
+            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             code = sock.connect_ex((ip, key[2]))
         except OSError as exc:
             sock.close()
-            self._answer(LaneAnswer(req.token, reason=f"connect: {exc}"))
+            self._give(LaneAnswer(req.token, reason=f"connect: {exc}"))
             return False
         if code not in (0, errno.EINPROGRESS):
             sock.close()
-            self._answer(LaneAnswer(req.token, reason=f"connect: {errno.errorcode.get(code)}"))
+            self._give(LaneAnswer(req.token, reason=f"connect: {errno.errorcode.get(code)}"))
             return False
         conn = _Conn(key, sock)
         conn.request = req
@@ -199,7 +222,13 @@ class SmallGetLoop:
             self._retried.add(req.token)
             self._pending.setdefault(conn.key, deque()).appendleft(req)
             return
-        self._answer(LaneAnswer(req.token, reason=reason))
+        self._give(LaneAnswer(req.token, reason=reason))
+        failures = self._failures[conn.key] = self._failures.get(conn.key, 0) + 1
+        if failures >= _GIVE_UP_AFTER and conn.key not in self._served:
+            # A host the lane cannot talk to: its other requests go the ordinary way at once
+            # instead of each one finding that out (perhaps only after a timeout).
+            for other in self._pending.pop(conn.key, deque()):
+                self._give(LaneAnswer(other.token, reason=f"host failed: {reason}"))
 
     def _want(self, conn: _Conn, mask: int) -> None:
         self._sel.modify(conn.sock, mask, conn)
@@ -292,6 +321,10 @@ class SmallGetLoop:
     def _progress(self, conn: _Conn) -> bool:
         """Parse what arrived; False once the connection is done with (answered or closed)."""
         if conn.head_end < 0:
+            line_end = conn.buf.find(b"\n")
+            if line_end == 0 or (line_end > 0 and conn.buf[line_end - 1] != 0x0D):
+                self._fail(conn, "lines end with a bare LF", retry=False)
+                return False
             end = conn.buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(conn.buf) > _MAX_HEAD:
@@ -313,6 +346,7 @@ class SmallGetLoop:
         body = bytes(conn.buf[conn.head_end :])
         seconds = time.monotonic() - conn.started
         done = LaneAnswer(req.token, conn.status, conn.headers, body, seconds=seconds)
+        self._served.add(conn.key)
         conn.request = None
         conn.served += 1
         # The next request goes out before this answer is handled, so the server works on it
@@ -321,7 +355,7 @@ class SmallGetLoop:
             self._next(conn)
         except (OSError, ValueError) as exc:
             self._fail(conn, f"{type(exc).__name__}: {exc}", retry=True)
-        self._answer(done)
+        self._give(done)
         return False
 
     def _parse_head(self, conn: _Conn, head: str) -> str:
@@ -351,6 +385,10 @@ class SmallGetLoop:
         conn.length = int(length)
         if conn.length > self._max_body:
             return "larger than the small-object limit"
+        if conn.status == 206:
+            unit, _, spec = headers.get("content-range", "").partition(" ")
+            if unit != "bytes" or spec != f"0-{conn.length - 1}/{conn.length}":
+                return "a part of a larger object"
         connection = headers.get("connection", "").lower()
         conn.close_after = "close" in connection or (
             version == "HTTP/1.0" and "keep-alive" not in connection

@@ -226,21 +226,11 @@ class HttpSource(SourceBase):
         fast = self.fast
         requests: list[LaneRequest] = []
         for index, key in enumerate(keys):
-            parts = urlsplit(key)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            scheme = parts.scheme.lower()
-            if (
-                fast is None
-                or scheme not in ("http", "https")
-                or not parts.hostname
-                or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in target)
-            ):
+            request = _lane_request(index, key) if fast is not None else None
+            if request is None:
                 deliver(index, None)
-                continue
-            port = parts.port or (443 if scheme == "https" else 80)
-            requests.append(
-                LaneRequest(index, scheme, parts.hostname, port, target, basic_auth(key))
-            )
+            else:
+                requests.append(request)
         if not requests:
             return
         assert fast is not None
@@ -363,6 +353,28 @@ class HttpSource(SourceBase):
             body.close()
             raise
         return StreamContext(body)
+
+
+def _lane_request(index: int, key: str) -> LaneRequest | None:
+    """The lane's request for ``key``, or None when anything about it is unusual (the ordinary
+    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...)."""
+    try:
+        parts = urlsplit(key)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if (
+        scheme not in ("http", "https")
+        or not host
+        or not host.isascii()
+        or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in target + host)
+    ):
+        return None
+    port = port or (443 if scheme == "https" else 80)
+    return LaneRequest(index, scheme, host, port, target, basic_auth(key))
 
 
 def _check_range(

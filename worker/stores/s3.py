@@ -41,6 +41,7 @@ from worker.errors import (
     Changed,
     IntegrityError,
     NotFound,
+    SourceError,
     StoreError,
     TransientError,
 )
@@ -186,6 +187,7 @@ class S3Store(SdkStore):
         self.retry = retry or RetryPolicy()
         self._versioned: bool | None = None
         self._fast_reads = fast_reads and client is None
+        self._fast_proven = False
         self._timeout_s = timeout_s
         self._fast: FastClient | None = None
         self._fast_lock = threading.Lock()
@@ -300,8 +302,11 @@ class S3Store(SdkStore):
         with self._fast_lock:
             if self._fast is None:
                 # The endpoint is the operator's, not a user's URL: no private-address guard
-                # (boto3 has none either).
-                self._fast = FastClient(allow_private=True, timeout_s=self._timeout_s)
+                # (boto3 has none either). TLS trusts what boto3 trusts (AWS_CA_BUNDLE,
+                # ca_bundle in the profile), else the system's CAs.
+                self._fast = FastClient(
+                    allow_private=True, timeout_s=self._timeout_s, verify=_boto_verify(self._client)
+                )
             return self._fast
 
     def _fast_read(self, key: str, start: int, end: int, info: ObjectInfo) -> StreamContext | None:
@@ -326,17 +331,27 @@ class S3Store(SdkStore):
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if info.etag:
             headers["If-Match"] = f'"{info.etag}"'
-        response, body = self._fast_client().get(
-            scheme, parts.hostname or "", port, target, headers, url
-        )
+        try:
+            response, body = self._fast_client().get(
+                scheme, parts.hostname or "", port, target, headers, url
+            )
+        except (TransientError, SourceError) as exc:
+            if self._fast_proven:
+                raise
+            # Never worked for this store (no direct route, a certificate only boto3's
+            # settings accept, ...): boto3 takes over rather than every read failing.
+            log.info("%s: ranged reads go through boto3 (%s)", self.name, exc)
+            self._fast_reads = False
+            return None
         status = response.status
         if body is not None and status == 206 and response.length == end - start:
             first = (response.getheader("content-range") or "").partition(" ")[2].split("-")[0]
             if first == str(start):
+                self._fast_proven = True
                 return StreamContext(body)
         if body is not None:
             body.close()
-        if status in (412, 429) or status >= 500:
+        if status in (404, 412, 429) or status >= 500:
             raise _translate(_FastStatus(status), self.uri(key), "read")
         log.info("%s: ranged reads go through boto3 (presigned GET answered HTTP %d)",
                  self.name, status)  # fmt: skip
@@ -546,6 +561,13 @@ class _EmptyStream:
         return None
 
 
+def _boto_verify(client: Any) -> Any:
+    """What the boto3 client verifies TLS with: True, False or a CA bundle path."""
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    verify = getattr(session, "_verify", True)
+    return verify if isinstance(verify, bool | str) else True
+
+
 def _empty_stream() -> _EmptyStream:
     return _EmptyStream()
 
@@ -565,7 +587,8 @@ def from_config(
         part_size_bytes=max(MIN_PART_BYTES, settings.chunk_size_bytes),
         concurrency=settings.concurrency,
         retry=RetryPolicy(attempts=settings.max_attempts),
-        fast_reads=cfg.fast_reads,
+        # The fast path connects directly; where boto3 would go through a proxy, it does not.
+        fast_reads=cfg.fast_reads and not settings.proxy_in_env,
         timeout_s=settings.http_timeout_s,
     )
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from worker.errors import HaulError, Interrupted
+from worker.errors import HaulError, InternalError, Interrupted
 from worker.stores.base import ObjectInfo, ObjectSource, SmallObjectReader
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
@@ -131,7 +131,15 @@ def download_many(
             # flight now instead of letting the pool's exit wait for them to finish.
             stop.set()
             raise
-    return [r for r in results if r is not None]
+    done: list[BatchResult] = []
+    for index, result in enumerate(results):
+        if result is None:
+            # Never expected; but an item must not vanish from an input without a word.
+            result = BatchResult(index, items[index], error=InternalError("no result recorded"))
+            if on_done is not None:
+                on_done(result)
+        done.append(result)
+    return done
 
 
 def _lanes(

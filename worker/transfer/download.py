@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from worker.constants import PART_RECORD_SUFFIX, PART_SUFFIX
-from worker.errors import Changed, DiskFullError, HaulError, IntegrityError, Interrupted
+from worker.errors import (
+    Changed,
+    DestinationError,
+    DiskFullError,
+    HaulError,
+    IntegrityError,
+    Interrupted,
+)
 from worker.hashing import Digests, digest_bytes
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.chunked import (
@@ -85,6 +92,19 @@ def part_path(dest: Path) -> Path:
 
 def part_record_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_RECORD_SUFFIX)
+
+
+def drop_leftovers(dest: Path) -> None:
+    """Remove a part file and resume record an interrupted larger download left at ``dest``.
+
+    Checked with ``lstat`` first: that takes no lock on the folder, an ``unlink`` of a missing
+    name does, and thousands of small files go through here.
+    """
+    part, record = part_path(dest), part_record_path(dest)
+    if os.path.lexists(part):
+        part.unlink(missing_ok=True)
+    if os.path.lexists(record):
+        drop_record(record)
 
 
 def source_id(source: ObjectSource, key: str) -> str:
@@ -199,7 +219,7 @@ class _Job:
                     digests, resumed = self._chunked(info, first, record, meter)
                     first = None
             elif 0 <= info.size <= SMALL_MAX:
-                self._drop_part()
+                drop_leftovers(self.dest)
                 body, first = self._small(info, first, meter), None
                 digests = digest_bytes(body)
             else:
@@ -216,7 +236,10 @@ class _Job:
         if body is not None:
             write_whole(self.dest, body)  # all at once: no part file for a small object
         else:
-            os.replace(self.tmp, self.dest)
+            try:
+                os.replace(self.tmp, self.dest)
+            except OSError as exc:
+                raise DestinationError(f"cannot write {self.dest}: {exc.strerror or exc}") from None
             drop_record(self.record_path)
         if self.cache is not None:
             self.cache.store(source_id(self.source, self.key), info, self.dest, digests)
@@ -412,7 +435,10 @@ def download(
     """
     started = time.monotonic()
     job = _Job(source, key, dest, cfg, label or str(dest), progress, cache, parallel_gate, cancel)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(f"cannot make {dest.parent}: {exc.strerror or exc}") from None
     current = info
     for restart in range(cfg.max_attempts):
         try:

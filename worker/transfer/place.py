@@ -8,7 +8,8 @@ the directory's lock.
 
 Where the file system has no ``O_TMPFILE`` (or ``/proc`` is not mounted) the part file and
 rename are used. A name that already exists is replaced atomically (link to the part name, then
-rename), as before. Neither way follows a symlink planted at the final or the part name.
+rename), as before. Neither way follows a symlink planted at the final or the part name. A name
+that cannot be written (a folder there, no permission) is a :class:`DestinationError`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 from pathlib import Path
 
 from worker.constants import PART_SUFFIX
-from worker.errors import DiskFullError
+from worker.errors import DestinationError, DiskFullError
 
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
@@ -51,7 +52,7 @@ def write_whole(
             _via_part(parent, dest.name, data)
         except OSError as exc:
             _disk_full(exc)
-            raise
+            raise DestinationError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
         if own:
             os.close(parent)
@@ -73,7 +74,11 @@ def _link_tmpfile(parent: int, name: str, data: bytes | bytearray | memoryview) 
             part = name + PART_SUFFIX
             _unlink(parent, part)
             os.link(proc, part, dst_dir_fd=parent, follow_symlinks=True)
-            os.replace(part, name, src_dir_fd=parent, dst_dir_fd=parent)
+            try:
+                os.replace(part, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                _unlink(parent, part)  # a folder at the name, say: leave nothing behind
+                raise
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.EXDEV, errno.EPERM):
                 return False  # no /proc, or linking refused: the part file way
@@ -95,7 +100,11 @@ def _via_part(parent: int, name: str, data: bytes | bytearray | memoryview) -> N
         _unlink(parent, part)
         raise
     os.close(fd)
-    os.replace(part, name, src_dir_fd=parent, dst_dir_fd=parent)
+    try:
+        os.replace(part, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        _unlink(parent, part)
+        raise
 
 
 def _unlink(parent: int, name: str) -> None:

@@ -13,23 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import HaulError, IntegrityError
+from worker.errors import DestinationError, HaulError, IntegrityError
 from worker.hashing import digest_bytes
 from worker.stores.base import SmallObject, SmallObjectReader
 from worker.transfer.cache import Cache
-from worker.transfer.download import (
-    Downloaded,
-    part_path,
-    part_record_path,
-    source_id,
-    verify,
-)
+from worker.transfer.download import Downloaded, drop_leftovers, source_id, verify
 from worker.transfer.place import write_whole
-from worker.transfer.resume import drop_record
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +42,35 @@ Finished = Callable[[int, Downloaded | None, HaulError | None], None]
 
 
 class _Dirs:
-    """Target directories, made and opened once per batch."""
+    """Target folders: made once per batch, a few kept open (one input may have thousands)."""
+
+    _KEEP = 16
 
     def __init__(self) -> None:
-        self._fds: dict[Path, int] = {}
+        self._made: set[Path] = set()
+        self._open: OrderedDict[Path, int] = OrderedDict()
 
     def fd(self, folder: Path) -> int:
-        fd = self._fds.get(folder)
-        if fd is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = self._fds[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fd = self._open.get(folder)
+        if fd is not None:
+            self._open.move_to_end(folder)
+            return fd
+        if folder not in self._made:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DestinationError(f"cannot make {folder}: {exc.strerror or exc}") from None
+            self._made.add(folder)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._open[folder] = fd
+        if len(self._open) > self._KEEP:
+            os.close(self._open.popitem(last=False)[1])
         return fd
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in self._open.values():
             os.close(fd)
-        self._fds.clear()
+        self._open.clear()
 
 
 def fetch_small_items(
@@ -93,6 +100,11 @@ def fetch_small_items(
             fallback.append(item)
         except HaulError as exc:
             finished(item.index, None, exc)
+        except OSError as exc:
+            # Not this lane's to judge (a folder where the file should be, no permission...):
+            # the ordinary way meets the same problem and reports it as it always does.
+            log.info("%s: %s; fetching it the ordinary way", item.label, exc)
+            fallback.append(item)
         else:
             finished(item.index, done, None)
 
@@ -111,10 +123,7 @@ def fetch_small_items(
 
 def _settle(item: SmallItem, got: SmallObject, cache: Cache | None, dirs: _Dirs) -> Downloaded:
     """Verify, hash and place one whole object, and keep it in the cache."""
-    if os.path.lexists(part_record_path(item.dest)):
-        # A larger object's interrupted download once used this name.
-        part_path(item.dest).unlink(missing_ok=True)
-        drop_record(part_record_path(item.dest))
+    drop_leftovers(item.dest)
     digests = digest_bytes(got.body)
     verify(got.info, digests, item.label)
     write_whole(item.dest, got.body, dir_fd=dirs.fd(item.dest.parent))

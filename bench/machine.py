@@ -8,8 +8,10 @@ the measured tree's own CPU and our nginx's leaves what others used during the r
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -81,24 +83,42 @@ def prime_writes(folder: Path, size_bytes: int, piece_bytes: int = 1024 * 1024) 
         path.unlink()
 
 
-#: how long ext4 (without a journal) treats a deleted, written-back inode as recently deleted
-RECENT_DELETE_S = 5.5
+def fresh_fs(at: Path, size_bytes: int) -> Callable[[], None] | None:
+    """Mount a new, empty ext4 (with a journal) at ``at``; returns how to remove it again.
 
+    None when that cannot be done here (not root, no ``mkfs.ext4`` or loop devices): the run
+    then writes to the bench's own disk, and the header says so.
 
-def recycle_inodes(folder: Path, count: int) -> None:
-    """Create ``count`` empty files in ``folder`` and delete them again (not measured).
-
-    This machine's ext4 has no journal, and then the inode allocator skips every free inode
-    that was deleted less than 5 seconds ago (5 minutes while its inode table block is dirty),
-    looking each one up in the buffer cache: creating 2000 files in a folder whose 2000 files
-    were just deleted cost about 1 s of kernel time here, against 0.06 s in a fresh one. A
-    worker meets that state whenever inputs land where an earlier execution's were cleaned up,
-    so the many-files rows are measured in it, at the same depth for every tool (the bench's
-    own earlier deletions are let to age out first). Deletion times are kept in whole seconds
-    and must be in the past to count, hence the wait.
+    Why: this VM's root file system is ext4 *without* a journal, where the inode allocator
+    skips every inode deleted in the last 5 seconds (5 minutes while its inode table block is
+    dirty), looking each one up in the buffer cache (``recently_deleted()`` in
+    ``fs/ext4/ialloc.c``; the top kernel symbols of a small-file run in ``perf``). Creating 2000
+    files there cost 0.06 s or 1.7 s depending on what the bench had deleted before, for every
+    tool. A journaled ext4, as on most machines, skips no inodes; a new one per run makes every
+    many-files run start from the same state.
     """
-    for i in range(count):
-        os.close(os.open(folder / f"recycled-{i}", os.O_WRONLY | os.O_CREAT, 0o600))
-    for i in range(count):
-        os.unlink(folder / f"recycled-{i}")
-    time.sleep(1.1)
+    mkfs = shutil.which("mkfs.ext4") or "/usr/sbin/mkfs.ext4"
+    if os.geteuid() != 0 or not os.access(mkfs, os.X_OK):
+        return None
+    image = at.parent / (at.name + ".ext4")
+    at.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(max(size_bytes, 256 * 1024 * 1024))
+    made = subprocess.run([mkfs, "-q", "-F", str(image)], capture_output=True)
+    mounted = (
+        made.returncode == 0
+        and subprocess.run(
+            ["mount", "-o", "loop", str(image), str(at)], capture_output=True
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        image.unlink(missing_ok=True)
+        return None
+    (at / "lost+found").rmdir()  # the tools' output checks count what is there
+
+    def remove() -> None:
+        subprocess.run(["umount", str(at)], capture_output=True)
+        image.unlink(missing_ok=True)
+
+    return remove

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="",
-        help="comma list of scenarios: http,local,s3,small-fresh,small,upload,big",
+        help="comma list of scenarios: http,local,s3,small,upload,big",
     )
     p.add_argument(
         "--haul-mode", choices=["auto", "cli", "run_fetch", "engine"], default="auto",
@@ -128,11 +128,29 @@ def check_output(scn: Scenario, tool: Tool, out: Path, stdout: Path) -> str | No
     return None
 
 
+#: scenario key -> whether its many-file runs each had a new file system (machine.fresh_fs)
+FRESH_FS: dict[str, bool] = {}
+
+
 def once(scn: Scenario, tool: Tool, run: Path, logs: Path, env: dict[str, str],
          args: argparse.Namespace, tag: str,
          servers: list[int]) -> tuple[measure.Sample | None, str, float | None]:  # fmt: skip
     out = run / "out"
     out.mkdir(parents=True)
+    remove_fs = None
+    if scn.file_count > 1:
+        remove_fs = machine.fresh_fs(out, 4 * scn.total_bytes)
+        FRESH_FS[scn.key] = remove_fs is not None
+    try:
+        return _once(scn, tool, run, out, logs, env, args, tag, servers)
+    finally:
+        if remove_fs is not None:
+            remove_fs()
+
+
+def _once(scn: Scenario, tool: Tool, run: Path, out: Path, logs: Path, env: dict[str, str],
+          args: argparse.Namespace, tag: str,
+          servers: list[int]) -> tuple[measure.Sample | None, str, float | None]:  # fmt: skip
     full_env = {**env, **tool.env(run)}
     stdout, stderr = logs / f"{tag}.out", logs / f"{tag}.err"
     timeout_s = args.timeout_s
@@ -144,8 +162,6 @@ def once(scn: Scenario, tool: Tool, run: Path, logs: Path, env: dict[str, str],
         shutil.rmtree(out)
         out.mkdir()
         (run / "timing").unlink(missing_ok=True)
-    if scn.file_count > 1 and scn.inodes == "recycled":
-        machine.recycle_inodes(out, scn.file_count)
     machine.wait_quiet(args.settle_s)
     if not args.cold_writes:
         machine.prime_writes(run, scn.total_bytes + 64 * MiB)
@@ -177,10 +193,9 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
     for row in rows:
         row.status = missing(row.tool) or "ok"
     logs = work / "logs"
-    kept: list[Path] = []
     for rnd in range(args.runs):
-        # Each round starts with another tool: state that builds up over a scenario (the
-        # kernel's recently deleted inodes, see machine.recycle_inodes) favours no one.
+        # Each round starts with another tool: state that builds up over a scenario (caches,
+        # the file system's) then favours no one.
         shift = rnd % len(rows)
         for i, row in [*enumerate(rows)][shift:] + [*enumerate(rows)][:shift]:
             if row.status != "ok":
@@ -190,15 +205,8 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
             try:
                 sample, status, inner = once(scn, row.tool, run, logs, env, args, tag, servers)
             finally:
-                if scn.inodes == "fresh":
-                    kept.append(run)  # deleting files now would recycle their inodes
-                else:
-                    shutil.rmtree(run, ignore_errors=True)
-                    os.sync()
-                    if scn.file_count > 1:
-                        # Let these deletions age out, so the next run meets only its own
-                        # recycled inodes (machine.recycle_inodes), whatever ran before it.
-                        time.sleep(machine.RECENT_DELETE_S)
+                shutil.rmtree(run, ignore_errors=True)
+                os.sync()
             if sample is None:
                 row.status = status
                 print(f"  {row.tool.label}: {status}\n    {_stderr_tail(logs, tag)}", flush=True)
@@ -214,8 +222,6 @@ def measure_scenario(scn: Scenario, args: argparse.Namespace, work: Path, env: d
                 f"noise {sample.noise:.2f} cores",
                 flush=True,
             )
-    for run in kept:
-        shutil.rmtree(run, ignore_errors=True)
     return rows
 
 
@@ -270,16 +276,13 @@ def start_server(stack: contextlib.ExitStack) -> tuple[nginx.Nginx | None, str]:
 
 
 def build_scenarios(ctx: Context, work: Path, args: argparse.Namespace) -> list[Scenario]:
-    wanted = {s for s in args.only.split(",") if s} or {
-        "http", "local", "s3", "small-fresh", "small", "upload",
-    }  # fmt: skip
+    wanted = {s for s in args.only.split(",") if s} or {"http", "local", "s3", "small", "upload"}
     if args.big:
         wanted.add("big")
     builders = {
         "http": lambda: scenarios.http_big(ctx),
         "local": lambda: scenarios.local_big(ctx),
         "s3": lambda: scenarios.s3_big(ctx),
-        "small-fresh": lambda: scenarios.small_files(ctx, work, fresh=True),
         "small": lambda: scenarios.small_files(ctx, work),
         "upload": lambda: scenarios.upload_big(ctx),
         "big": lambda: scenarios.sparse_big(ctx),
@@ -332,12 +335,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _fs_note() -> str:
+    if not FRESH_FS:
+        return ""
+    if all(FRESH_FS.values()):
+        return "many-file runs each on a new ext4 · "
+    return "many-file runs on the bench's own disk (no loop mount here) · "
+
+
 def write_results(args: argparse.Namespace, rows: list[Row], ceiling: Ceiling,
                   startup_s: float | None, mode: str, started: float) -> Path:  # fmt: skip
     meta = [
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.node()} · {os.cpu_count()} cores · "
         f"Python {platform.python_version()} · haul run as: {mode} · median of {args.runs} runs · "
-        f"writes {'cold' if args.cold_writes else 'primed'} · "
+        f"writes {'cold' if args.cold_writes else 'primed'} · {_fs_note()}"
         f"bench took {time.monotonic() - started:.0f} s",
         "",
         f"haul start-up (interpreter, imports, settings; included in every haul row): "

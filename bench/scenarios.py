@@ -53,9 +53,6 @@ class Scenario:
     tools: list[Tool] = field(default_factory=list)
     #: the sha256 the tool's stdout must contain (single-file scenarios)
     sha256: str | None = None
-    #: many files: "recycled" inodes (file_count files deleted just before each run, as after
-    #: an earlier execution's inputs were cleaned up) or "fresh" ones (nothing deleted)
-    inodes: str = "recycled"
 
     @property
     def total_bytes(self) -> int:
@@ -228,7 +225,7 @@ def s3_big(ctx: Context) -> Scenario:
     )
 
 
-def small_files(ctx: Context, work: Path, *, fresh: bool = False) -> Scenario:
+def small_files(ctx: Context, work: Path) -> Scenario:
     names = ctx.data.small_names
     urls = [f"{ctx.http_url}/small/{n}" for n in names]
     url_list = work / "small-urls.txt"
@@ -298,10 +295,6 @@ def small_files(ctx: Context, work: Path, *, fresh: bool = False) -> Scenario:
             note="no hashing; lists the HTML index",
         ),
     ]
-    if fresh:
-        # The state without the kernel's slow path: haul against the fastest tool only.
-        return Scenario("small-fresh", f"{SMALL_COUNT} files of 10 KiB over HTTP, fresh inodes",
-                        SMALL_COUNT, SMALL_BYTES, tools[:2], inodes="fresh")  # fmt: skip
     return Scenario("small", f"{SMALL_COUNT} files of 10 KiB over HTTP", SMALL_COUNT,
                     SMALL_BYTES, tools)  # fmt: skip
 

@@ -421,6 +421,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     queue = args.queue or TASK_QUEUES[task]
     client = _redis(settings)
+    # Celery would retry a dead broker for 20 s and end in a RuntimeError: ask once first.
+    client.ping()
     after = last_stream_id(client, settings.events_stream) if args.wait else "0-0"
     app = celery_client(settings)
     result = send(app, task, message, queue)
@@ -849,9 +851,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"haul: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
-
     try:
         return func(args, settings)
     except KeyboardInterrupt:
@@ -863,9 +862,25 @@ def main(argv: list[str] | None = None) -> int:
     except HaulError as exc:
         _err(str(exc))
         return EXIT_FAILED
-    except (RedisError, OperationalError) as exc:
+    except Exception as exc:
+        if not _is_broker_error(exc):
+            raise
         _err(f"cannot use Redis at {_shown_redis(settings)}: {exc}")
         return EXIT_FAILED
+
+
+def _is_broker_error(exc: Exception) -> bool:
+    """A Redis or kombu connection error, without importing either (60 ms of every start):
+    a command that never imported them cannot have raised their errors."""
+    kinds = tuple(
+        kind
+        for module, name in (
+            ("redis.exceptions", "RedisError"),
+            ("kombu.exceptions", "OperationalError"),
+        )
+        if (kind := getattr(sys.modules.get(module), name, None)) is not None
+    )
+    return bool(kinds) and isinstance(exc, kinds)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ the seed format of ``haul.log`` (contract section 3)::
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TextIO
@@ -24,6 +26,8 @@ from worker.transfer.batch import BatchItem, BatchResult, download_many
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
 from worker.urls import parse_input_url, redact_url
+
+_FLUSH_EVERY_S = 0.2
 
 
 def _http_name(url: str) -> str:
@@ -64,16 +68,27 @@ def run_fetch(urls: list[str], to: Path, settings: Settings, out: TextIO) -> int
                 out.write(f"{stamp()} {redact_url(url)}: error: {exc}\n")
         to.mkdir(parents=True, exist_ok=True)
 
+        lock = threading.Lock()
+        flushed = [time.monotonic()]
+
         def report(result: BatchResult) -> None:
             if result.downloaded is not None:
-                lines = file_lines(str(result.item.dest), result.downloaded.digests)
-                out.write("\n".join(lines) + "\n")
+                text = "\n".join(file_lines(str(result.item.dest), result.downloaded.digests))
             else:
                 shown = result.item.source.uri(result.item.key)
-                out.write(f"{stamp()} {shown}: error: {result.error}\n")
-            out.flush()
+                text = f"{stamp()} {shown}: error: {result.error}"
+            with lock:  # called from several threads
+                out.write(text + "\n")
+                # Lines show up at once for a person watching, without a write per file when
+                # thousands of small files finish in a second.
+                if time.monotonic() - flushed[0] >= _FLUSH_EVERY_S:
+                    out.flush()
+                    flushed[0] = time.monotonic()
 
-        results = download_many(items, cfg, cache=cache, on_done=report)
+        try:
+            results = download_many(items, cfg, cache=cache, on_done=report)
+        finally:
+            out.flush()
         failed += sum(1 for r in results if not r.ok)
     finally:
         sources.close()

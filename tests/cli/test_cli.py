@@ -19,7 +19,7 @@ from redis import Redis
 from tests.support.httpserver import serve
 from tests.support.servers import RedisServer
 from tests.support.worker import start_worker, worker_env
-from worker.cli import main
+from worker.cli import EXIT_FAILED, main
 from worker.sizes import format_size
 
 SEED_LINE = re.compile(
@@ -361,3 +361,25 @@ def test_events_json_prints_valid_cloudevents(
     assert re.fullmatch(
         rf"\d\d:\d\d:\d\d inputs\.ready {execution}: 2 file\(s\), 2\.0 kB in .* s", readable[0]
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["events"],
+        ["submit", "inputs", "--execution", "e1", "--project", "p", "--input", "x=https://h/a"],
+    ],
+)
+def test_a_dead_redis_is_one_clear_line(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HAUL_REDIS_URL", f"redis://:secret-pw@127.0.0.1:{port}/0")
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"cannot use Redis at redis://127.0.0.1:{port}/0" in err
+    assert "Traceback" not in err and "secret-pw" not in err

@@ -15,6 +15,7 @@ costs one request and a large one learns its size and ETag from its first chunk.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from email.utils import parsedate_to_datetime
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from worker.stores._httpx import HttpxClient, HttpxResponse
 
 _REDIRECTS = {301, 302, 303, 307, 308}
+#: characters a request line must not carry as they are (controls, space, non-ASCII)
+_UNUSUAL = re.compile(r"[^\x21-\x7e]")
 T = TypeVar("T")
 
 
@@ -370,7 +373,7 @@ def _lane_request(index: int, key: str) -> LaneRequest | None:
         scheme not in ("http", "https")
         or not host
         or not host.isascii()
-        or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in target + host)
+        or _UNUSUAL.search(target + host)
     ):
         return None
     port = port or (443 if scheme == "https" else 80)

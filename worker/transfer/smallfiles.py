@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.constants import PART_SUFFIX
 from worker.errors import DestinationError, HaulError, IntegrityError
 from worker.hashing import digest_bytes
 from worker.stores.base import SmallObject, SmallObjectReader
@@ -49,6 +50,22 @@ class _Dirs:
     def __init__(self) -> None:
         self._made: set[Path] = set()
         self._open: OrderedDict[Path, int] = OrderedDict()
+        self._leftovers: dict[Path, set[str]] = {}
+
+    def has_leftovers(self, dest: Path) -> bool:
+        """Whether an interrupted download left a part file or record for ``dest``.
+
+        The folder is listed once (usually new and empty) instead of two ``lstat`` per file.
+        """
+        names = self._leftovers.get(dest.parent)
+        if names is None:
+            try:
+                with os.scandir(dest.parent) as found:
+                    names = {e.name for e in found if PART_SUFFIX in e.name}
+            except FileNotFoundError:
+                names = set()
+            self._leftovers[dest.parent] = names
+        return any(n.startswith(dest.name + PART_SUFFIX) for n in names) if names else False
 
     def fd(self, folder: Path) -> int:
         fd = self._open.get(folder)
@@ -123,7 +140,8 @@ def fetch_small_items(
 
 def _settle(item: SmallItem, got: SmallObject, cache: Cache | None, dirs: _Dirs) -> Downloaded:
     """Verify, hash and place one whole object, and keep it in the cache."""
-    drop_leftovers(item.dest)
+    if dirs.has_leftovers(item.dest):
+        drop_leftovers(item.dest)
     digests = digest_bytes(got.body)
     verify(got.info, digests, item.label)
     write_whole(item.dest, got.body, dir_fd=dirs.fd(item.dest.parent))

@@ -53,6 +53,8 @@ _REPLAY_TTL_S = 30 * 24 * 3600
 class ScriptClient(Protocol):
     def register_script(self, script: str) -> Any: ...
 
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -87,12 +89,34 @@ class ChangeMemory:
             keys=[key, f"{key}:{seen.execution_id}"],
             args=[json.dumps(asdict(seen)), _REPLAY_TTL_S],
         )
-        doc = json.loads(raw)
-        current = Seen(**doc["current"])
-        if not doc["previous"]:
-            return None, current
-        previous = Seen(**doc["previous"])
-        return (None if previous.same_content(current) else previous), current
+        return _answer(raw)
+
+    def record_many(
+        self, client: ScriptClient, project_id: str, sightings: list[tuple[str, Seen]]
+    ) -> list[tuple[Seen | None, Seen]]:
+        """:meth:`record` for many URLs, ``chunk`` scripts per round trip; same answers."""
+        answers: list[tuple[Seen | None, Seen]] = []
+        chunk = 1000
+        for start in range(0, len(sightings), chunk):
+            pipe = client.pipeline(transaction=False)
+            for url, seen in sightings[start : start + chunk]:
+                key = memory_key(project_id, url)
+                self._record(
+                    keys=[key, f"{key}:{seen.execution_id}"],
+                    args=[json.dumps(asdict(seen)), _REPLAY_TTL_S],
+                    client=pipe,
+                )
+            answers += [_answer(raw) for raw in pipe.execute()]
+        return answers
+
+
+def _answer(raw: str | bytes) -> tuple[Seen | None, Seen]:
+    doc = json.loads(raw)
+    current = Seen(**doc["current"])
+    if not doc["previous"]:
+        return None, current
+    previous = Seen(**doc["previous"])
+    return (None if previous.same_content(current) else previous), current
 
 
 def change_message(url: str, previous: Seen, current: Seen) -> str:

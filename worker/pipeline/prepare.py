@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from worker.constants import (
     CONFIG_DIR,
     EV_INPUT_CHANGED,
@@ -60,6 +62,8 @@ _DONE_TTL_S = 30 * 24 * 3600
 #: finished-file records are written to Redis in batches of this many, or this often
 _REMEMBER_BATCH = 200
 _REMEMBER_EVERY_S = 1.0
+#: files whose haul.log lines, change records and events go out together
+_RECORD_CHUNK = 500
 
 
 class InputsFailedError(ReportedFailure):
@@ -95,6 +99,8 @@ class _Job:
         self._finished: dict[str | bytes, str] = {}
         self._finished_lock = threading.Lock()
         self._flushed_at = time.monotonic()
+        #: set when another worker took the execution over (prepare_inputs sets it)
+        self.lease_lost: threading.Event | None = None
 
     # ------------------------------------------------------------------ layout
     def lay_out(self) -> None:
@@ -135,27 +141,43 @@ class _Job:
         }
         with self._finished_lock:
             self._finished[f"{f.input}/{f.rel}"] = json.dumps(record)
-            due = (
-                len(self._finished) >= _REMEMBER_BATCH
-                or time.monotonic() - self._flushed_at >= _REMEMBER_EVERY_S
-            )
+            due = len(self._finished) >= _REMEMBER_BATCH
         if due:
+            self.flush_finished()
+        else:
+            self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        if time.monotonic() - self._flushed_at >= _REMEMBER_EVERY_S:
             self.flush_finished()
 
     def flush_finished(self) -> None:
         """Write the buffered records: a few files finished just before a crash are fetched
-        again by the redelivered message; a round trip per small file would cost more."""
+        again by the redelivered message; a round trip per small file would cost more.
+
+        Records only save refetching: a Redis error keeps the batch for the next flush (and
+        is logged) instead of failing the input or hiding its real error. Once the transfers
+        were stopped (the lease was lost, or a failure stopped the input) nothing more is
+        written: a new holder of the lease may have fetched the same file again meanwhile.
+        """
         with self._finished_lock:
             batch, self._finished = self._finished, {}
             self._flushed_at = time.monotonic()
-        if batch:
+        if not batch or (self.lease_lost is not None and self.lease_lost.is_set()):
+            return
+        try:
             pipe = self.rt.redis.pipeline()
             pipe.hset(_done_key(self.msg.execution_id), mapping=batch)
             pipe.expire(_done_key(self.msg.execution_id), _DONE_TTL_S)
             pipe.execute()
+        except RedisError as exc:
+            log.warning("could not record %d finished files for reuse: %s", len(batch), exc)
+            with self._finished_lock:
+                self._finished = {**batch, **self._finished}
 
     def report(self, p: Progress) -> None:
         """Long transfers: bytes, rate and ETA to the worker log and the events stream."""
+        self.flush_if_due()  # small files that finished beside a long transfer
         log.info(
             "%s: %s of %s, %.1f MB/s, eta %s",
             p.label,
@@ -208,10 +230,23 @@ class _Job:
     def record_all(self, fetched: list[_Fetched]) -> list[InputFile]:
         """haul.log lines, change warnings and events of every fetched file, in file order.
 
-        Batched: one script pipeline for the change memory, one read and one write of the
-        logged facts, one haul.log append and a pipeline of events, instead of about six
-        round trips per file (2000 small files spent 1 s of 2 in them).
+        Batched, ``_RECORD_CHUNK`` files at a time: one script pipeline for the change memory,
+        one haul.log append, one ``SADD`` of the logged facts and a pipeline of events, instead
+        of about six round trips per file (2000 small files spent 1 s of 2 in them). A crash
+        inside a chunk can repeat at most that chunk's haul.log lines on redelivery, and memory
+        stays bounded whatever the number of files.
         """
+        logged_key = f"{KEY_INPUT_LOGGED}:{self.msg.execution_id}"
+        members = self.rt.redis.smembers(logged_key)
+        logged = {m.decode() if isinstance(m, bytes) else m for m in members}
+        files: list[InputFile] = []
+        for start in range(0, len(fetched), _RECORD_CHUNK):
+            files += self._record_chunk(fetched[start : start + _RECORD_CHUNK], logged, logged_key)
+        return files
+
+    def _record_chunk(
+        self, fetched: list[_Fetched], logged: set[str], logged_key: str
+    ) -> list[InputFile]:
         execution = self.msg.execution_id
         sightings = [
             (item.planned.url, Seen(*self._sums(item.result.digests), execution, now_iso()))
@@ -256,9 +291,9 @@ class _Job:
             files.append(InputFile(f.rel, shown, d.size, f.url, d))
         if lines:
             self.haul_log.write(lines)
-        for start in range(0, len(facts), 10_000):
+        if facts:
             pipe = self.rt.redis.pipeline()
-            pipe.sadd(logged_key, *facts[start : start + 10_000])
+            pipe.sadd(logged_key, *facts)
             pipe.expire(logged_key, _DONE_TTL_S)
             pipe.execute()
         self.rt.events.publish_many(events)
@@ -356,6 +391,7 @@ def prepare_inputs(
     """``lease_lost`` is set when another worker took the execution over: stop, quietly."""
     started = time.monotonic()
     job = _Job(runtime, msg, progress)
+    job.lease_lost = lease_lost
     job.lay_out()
 
     # Plan every input first: a bad URL fails the task before any byte moves.

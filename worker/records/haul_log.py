@@ -8,6 +8,7 @@ One line per fact, ``HH:MM:SS <path>: <fact>`` in local time, e.g.::
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from worker.errors import DiskFullError
 from worker.hashing import Digests
 from worker.sizes import format_size
 
@@ -50,7 +52,7 @@ class HaulLog:
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                 fd = os.open(self.path, flags, 0o644)
                 try:
-                    os.write(fd, text.encode())
+                    _write_all(fd, text.encode())
                 finally:
                     os.close(fd)
             if self.echo is not None:
@@ -62,3 +64,17 @@ class HaulLog:
 
     def line(self, path: str, fact: str) -> None:
         self.write([f"{stamp()} {path}: {fact}"])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte, or an error: a short append (a nearly full disk) must not pass silently,
+    since the facts are then marked as written."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError("no space left for haul.log") from None
+            raise
+        view = view[n:]

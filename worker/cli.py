@@ -539,7 +539,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import main as demo_main
 
-    code: int = demo_main(settings)
+    # The entry point hands its environment down: the demo's worker inherits it.
+    code: int = demo_main(settings, os.environ)
     return code
 
 

@@ -34,7 +34,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -279,8 +279,16 @@ def serve_directory(root: Path) -> Iterator[HttpServer]:
 
 
 class Demo:
-    def __init__(self, settings: Settings, screen: Screen, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        screen: Screen,
+        stack: contextlib.ExitStack,
+    ) -> None:
         self.settings = settings
+        #: what the demo's worker process inherits (the caller's environment)
+        self.environ = dict(environ)
         self.screen = screen
         self.stack = stack
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -362,7 +370,7 @@ class Demo:
         cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues]
         cmd += ["--concurrency", "1", "--loglevel", "INFO", "--hostname", name]
         env = {
-            **os.environ,
+            **self.environ,
             "HAUL_DATA_DIR": str(self.data_dir),
             "HAUL_REDIS_URL": self.redis_url,
             "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
@@ -588,8 +596,12 @@ def _safe_url(url: str) -> str:
     return redact_url(url)
 
 
-def main(settings: Settings, out: TextIO | None = None) -> int:
-    """Run the demo; 0 when everything worked, 1 otherwise (the message says why)."""
+def main(settings: Settings, environ: Mapping[str, str], out: TextIO | None = None) -> int:
+    """Run the demo; 0 when everything worked, 1 otherwise (the message says why).
+
+    ``environ`` is what the demo's worker process starts from (the CLI passes its own), so
+    the worker reads the same configuration file and store settings as the command.
+    """
     screen = Screen(out or sys.stdout)
     screen.say(
         "haul demo: one run of haul's main job on this machine, on the embedded defaults.\n"
@@ -599,7 +611,7 @@ def main(settings: Settings, out: TextIO | None = None) -> int:
     code = 0
     demo: Demo | None = None
     with contextlib.ExitStack() as stack:
-        demo = Demo(settings, screen, stack)
+        demo = Demo(settings, environ, screen, stack)
         try:
             demo.run()
         except DemoError as exc:

@@ -73,21 +73,28 @@ class EventPublisher:
         self, event_type: str, subject: str | None, data: BaseModel, *identity: str
     ) -> dict[str, Any]:
         event = build_event(event_type, subject, data, identity)
-        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        self.client.xadd(self.stream, {"event": payload}, maxlen=self.maxlen, approximate=True)
-        log.info("event %s %s", event_type, event["id"], extra={"event": event})
+        self._add(self.client, event)
+        _logged(event)
         return event
 
     def publish_many(self, pending: list[Pending], chunk: int = 1000) -> None:
         """Publish in order, ``chunk`` events per round trip (thousands of small files)."""
         for start in range(0, len(pending), chunk):
             pipe = self.client.pipeline(transaction=False)
-            built = []
-            for event_type, subject, data, identity in pending[start : start + chunk]:
-                event = build_event(event_type, subject, data, identity)
-                payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-                pipe.xadd(self.stream, {"event": payload}, maxlen=self.maxlen, approximate=True)
-                built.append(event)
+            built = [
+                build_event(event_type, subject, data, identity)
+                for event_type, subject, data, identity in pending[start : start + chunk]
+            ]
+            for event in built:
+                self._add(pipe, event)
             pipe.execute()
             for event in built:
-                log.info("event %s %s", event["type"], event["id"], extra={"event": event})
+                _logged(event)
+
+    def _add(self, client: StreamClient, event: dict[str, Any]) -> None:
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        client.xadd(self.stream, {"event": payload}, maxlen=self.maxlen, approximate=True)
+
+
+def _logged(event: dict[str, Any]) -> None:
+    log.info("event %s %s", event["type"], event["id"], extra={"event": event})

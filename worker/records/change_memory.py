@@ -84,12 +84,7 @@ class ChangeMemory:
         ``current`` is ``seen``, or the first sighting of this same execution when a
         redelivered message records the same content again (so events repeat exactly).
         """
-        key = memory_key(project_id, url)
-        raw = self._record(
-            keys=[key, f"{key}:{seen.execution_id}"],
-            args=[json.dumps(asdict(seen)), _REPLAY_TTL_S],
-        )
-        return _answer(raw)
+        return _answer(self._record(**_script_call(project_id, url, seen)))
 
     def record_many(
         self, client: ScriptClient, project_id: str, sightings: list[tuple[str, Seen]]
@@ -100,14 +95,17 @@ class ChangeMemory:
         for start in range(0, len(sightings), chunk):
             pipe = client.pipeline(transaction=False)
             for url, seen in sightings[start : start + chunk]:
-                key = memory_key(project_id, url)
-                self._record(
-                    keys=[key, f"{key}:{seen.execution_id}"],
-                    args=[json.dumps(asdict(seen)), _REPLAY_TTL_S],
-                    client=pipe,
-                )
+                self._record(**_script_call(project_id, url, seen), client=pipe)
             answers += [_answer(raw) for raw in pipe.execute()]
         return answers
+
+
+def _script_call(project_id: str, url: str, seen: Seen) -> dict[str, Any]:
+    key = memory_key(project_id, url)
+    return {
+        "keys": [key, f"{key}:{seen.execution_id}"],
+        "args": [json.dumps(asdict(seen)), _REPLAY_TTL_S],
+    }
 
 
 def _answer(raw: str | bytes) -> tuple[Seen | None, Seen]:

@@ -223,7 +223,7 @@ class _Job:
                 body, first = self._small(info, first, meter), None
                 digests = digest_bytes(body)
             else:
-                self._drop_part()
+                drop_leftovers(self.dest)
                 digests, first = self._stream(info, first, meter), None
         finally:
             if first is not None:
@@ -244,10 +244,6 @@ class _Job:
         if self.cache is not None:
             self.cache.store(source_id(self.source, self.key), info, self.dest, digests)
         return Downloaded(digests, info, time.monotonic() - started, resumed_bytes=resumed)
-
-    def _drop_part(self) -> None:
-        if self.record_path.exists():
-            self.cleanup()
 
     # ------------------------------------------------------------------ one stream
     def _small(

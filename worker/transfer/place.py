@@ -21,6 +21,7 @@ from pathlib import Path
 
 from worker.constants import PART_SUFFIX
 from worker.errors import DestinationError, DiskFullError
+from worker.transfer.sink import write_all
 
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
@@ -29,13 +30,6 @@ _TMPFILE = getattr(os, "O_TMPFILE", 0)
 def _disk_full(exc: OSError) -> None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskFullError("no space left on the device holding the inputs") from None
-
-
-def _write(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    offset = 0
-    while offset < len(view):
-        offset += os.pwrite(fd, view[offset:], offset)
 
 
 def write_whole(
@@ -66,7 +60,7 @@ def _link_tmpfile(parent: int, name: str, data: bytes | bytearray | memoryview) 
             return False
         raise
     try:
-        _write(fd, data)
+        write_all(fd, memoryview(data), 0)
         proc = f"/proc/self/fd/{fd}"
         try:
             os.link(proc, name, dst_dir_fd=parent, follow_symlinks=True)
@@ -94,7 +88,7 @@ def _via_part(parent: int, name: str, data: bytes | bytearray | memoryview) -> N
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     fd = os.open(part, flags, 0o644, dir_fd=parent)
     try:
-        _write(fd, data)
+        write_all(fd, memoryview(data), 0)
     except BaseException:
         os.close(fd)
         _unlink(parent, part)

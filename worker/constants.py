@@ -12,14 +12,18 @@ from typing import Final
 TASK_PREPARE_INPUTS: Final = "haul.prepare_inputs"
 TASK_STORE_OUTPUTS: Final = "haul.store_outputs"
 TASK_PURGE: Final = "haul.purge"
+TASK_WATCH_OUTPUTS: Final = "haul.watch_outputs"
 QUEUE_INPUTS: Final = "haul.inputs"
 QUEUE_OUTPUTS: Final = "haul.outputs"
 QUEUE_CONTROL: Final = "haul.control"
+QUEUE_WATCH: Final = "haul.watch"
 TASK_QUEUES: Final = {
     TASK_PREPARE_INPUTS: QUEUE_INPUTS,
     TASK_STORE_OUTPUTS: QUEUE_OUTPUTS,
     TASK_PURGE: QUEUE_CONTROL,
+    TASK_WATCH_OUTPUTS: QUEUE_WATCH,
 }
+ALL_QUEUES: Final = (QUEUE_INPUTS, QUEUE_OUTPUTS, QUEUE_CONTROL, QUEUE_WATCH)
 
 # CloudEvents types (contract section 6).
 EV_INPUT_DOWNLOADED: Final = "haul.input.downloaded"
@@ -33,6 +37,8 @@ EV_OUTPUTS_STORED: Final = "haul.outputs.stored"
 EV_OUTPUTS_FAILED: Final = "haul.outputs.failed"
 EV_DATUM_PURGED: Final = "haul.datum.purged"
 EV_MESSAGE_REJECTED: Final = "haul.message.rejected"
+EV_ALIAS_MOVED: Final = "haul.alias.moved"
+EV_DATASET_VERSION_CREATED: Final = "haul.dataset.version.created"
 EV_PROGRESS: Final = "haul.transfer.progress"
 EVENT_SOURCE: Final = "urn:haul:worker"
 

@@ -245,6 +245,10 @@ class OutputStored(_Data):
     sha1: str
     sha256: str
     deduplicated: bool
+    tags: list[str] = Field(default_factory=list)
+    alias: str | None = None
+    #: ``dataset://<dataset>/<version>`` URIs this datum joined (contract section 9)
+    dataset_versions: list[str] = Field(default_factory=list)
 
 
 class OutputRefused(_Data):
@@ -285,6 +289,23 @@ class MessageRejected(_Data):
     errors: list[FieldProblem]
 
 
+class AliasMoved(_Data):
+    project_id: str
+    alias: str
+    datum_id: str
+    previous_datum_id: str | None
+    execution_id: str
+
+
+class DatasetVersionCreated(_Data):
+    project_id: str
+    dataset: str
+    version: str
+    datum_ids: list[str]
+    files: int
+    bytes: int
+
+
 class TransferProgress(_Data):
     execution_id: str
     input: str | None = None
@@ -308,6 +329,8 @@ EVENT_DATA: dict[str, type[_Data]] = {
     "haul.datum.purged": DatumPurged,
     "haul.message.rejected": MessageRejected,
     "haul.transfer.progress": TransferProgress,
+    "haul.alias.moved": AliasMoved,
+    "haul.dataset.version.created": DatasetVersionCreated,
 }
 
 

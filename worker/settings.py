@@ -33,6 +33,7 @@ from worker.errors import ConfigError
 
 ENV_PREFIX = "HAUL_"
 CONFIG_ENV = "HAUL_CONFIG"
+WEB_TOKEN_ENV = "HAUL_WEB_TOKEN"  # noqa: S105 (a variable name, not a secret)
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -145,6 +146,24 @@ class Settings(_Strict):
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 25.0
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: the Celery broker (redis:// or amqp://); None: ``redis_url`` (contract section 11)
+    broker_url: str | None = None
+    #: Celery task events for Flower and ``celery events`` (contract section 11)
+    task_events: bool = True
+    #: host:port of the worker's /metrics and /healthz; empty turns them off
+    metrics_bind: str = "127.0.0.1:9808"
+
+    # Live outputs (contract section 9).
+    watch_max_s: Annotated[int, Field(ge=1)] = 86_400
+    watch_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+
+    # The dashboard, ``haul web`` (contract section 10).
+    web_bind: str = "127.0.0.1:8750"
+    #: SQLAlchemy URL; None: SQLite file under data_dir
+    web_database_url: str | None = None
+    web_consumer_group: str = "haul-web"
+    #: from the environment only (HAUL_WEB_TOKEN); never in the TOML file
+    web_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
 
     # Credentials captured from the environment at start; never printed.
     secrets: dict[str, StoreSecrets] = Field(default_factory=dict, exclude=True, repr=False)
@@ -189,6 +208,14 @@ class Settings(_Strict):
             return requested
         project = self.projects.get(project_id)
         return project.store if project else self.default_store
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_web_database_url(self) -> str:
+        return self.web_database_url or f"sqlite:///{self.data_dir / 'web.sqlite3'}"
 
     @property
     def executions_dir(self) -> Path:
@@ -300,7 +327,15 @@ def load_settings(
     path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     if path is not None:
         data = _read_toml(path)
-    data = _merge(data, _env_overrides(env))
+        if "web_token" in data:
+            raise ConfigError(
+                f"web_token: set it in the environment ({WEB_TOKEN_ENV}), not in {path}"
+            )
+    overrides = _env_overrides(env)
+    overrides.pop("web_token", None)
+    data = _merge(data, overrides)
+    if env.get(WEB_TOKEN_ENV):
+        data["web_token"] = env[WEB_TOKEN_ENV]
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

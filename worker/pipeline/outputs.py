@@ -191,6 +191,8 @@ class _Job:
                 sha1=d.sha1,
                 sha256=d.sha256,
                 deduplicated=deduplicated,
+                tags=datum.tags,
+                alias=datum.alias,
             ),
             self.msg.execution_id,
             c.rel,

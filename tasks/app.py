@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_shutdown, worker_ready
+from celery.signals import setup_logging, task_rejected, worker_process_shutdown, worker_ready
 
 from tasks.config import celery_config
 from worker.logs import configure_logging
@@ -35,6 +35,16 @@ def _sigterm_requeues(**_: Any) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGQUIT))
+
+
+@task_rejected.connect
+def _report_refused_message(
+    message: Any = None, exc: BaseException | None = None, **_: Any
+) -> None:
+    """A pickle (or other non-JSON) message is refused undecoded; say so on the stream."""
+    from tasks.runner import reject_undecodable
+
+    reject_undecodable(message, exc)
 
 
 @worker_process_shutdown.connect

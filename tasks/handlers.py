@@ -11,14 +11,21 @@ from tasks.runner import run
 from worker.constants import TASK_PREPARE_INPUTS, TASK_PURGE, TASK_STORE_OUTPUTS
 from worker.models import PrepareInputs, Purge, StoreOutputs
 from worker.pipeline.outputs import outputs_failed, store_outputs
-from worker.pipeline.prepare import prepare_inputs
+from worker.pipeline.prepare import inputs_failed, prepare_inputs
 from worker.pipeline.purge import purge
 
 
 @app.task(name=TASK_PREPARE_INPUTS, bind=True)
 def prepare_inputs_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return run(
-        self, TASK_PREPARE_INPUTS, PrepareInputs, prepare_inputs, args, kwargs, "execution_id"
+        self,
+        TASK_PREPARE_INPUTS,
+        PrepareInputs,
+        prepare_inputs,
+        args,
+        kwargs,
+        "execution_id",
+        inputs_failed,
     )
 
 

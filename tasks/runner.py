@@ -96,6 +96,39 @@ def reject(rt: Runtime, task_name: str, payload: Any, exc: MessageError) -> dict
     return {"status": "rejected", "task": task_name, "reason": str(exc), "errors": exc.errors}
 
 
+def reject_undecodable(message: Any, exc: BaseException | None) -> None:
+    """A message the worker would not decode (pickle, YAML, an unknown format): Celery drops
+    it without running anything; this publishes ``haul.message.rejected`` so the sender hears
+    why. It runs in the worker's main process, where such messages are refused."""
+    headers = getattr(message, "headers", None) or {}
+    task_name = str(headers.get("task") or "")
+    content_type = str(getattr(message, "content_type", None) or "unknown")
+    problem = (
+        f"content type {content_type!r} is not accepted: haul takes JSON messages only"
+        if exc is not None
+        else "not a Celery task message"
+    )
+    error = MessageError(problem, [{"field": "", "problem": problem}])
+    log.warning("rejected a %s message: %s", task_name or "task", error)
+    body = getattr(message, "body", b"") or b""
+    raw = body if isinstance(body, bytes) else str(body).encode()
+    identity = str(headers.get("id") or hashlib.sha256(raw).hexdigest())
+    try:
+        runtime().events.publish(
+            EV_MESSAGE_REJECTED,
+            None,
+            MessageRejected(
+                task=task_name,
+                reason=str(error),
+                errors=[FieldProblem(**e) for e in error.errors],
+            ),
+            task_name,
+            identity,
+        )
+    except RedisError:
+        log.exception("could not publish the rejection of a %s message", task_name or "task")
+
+
 def run(
     task: Task,
     task_name: str,

@@ -40,6 +40,8 @@ EV_MESSAGE_REJECTED: Final = "haul.message.rejected"
 EV_ALIAS_MOVED: Final = "haul.alias.moved"
 EV_DATASET_VERSION_CREATED: Final = "haul.dataset.version.created"
 EV_PROGRESS: Final = "haul.transfer.progress"
+#: the outcome of one haul.purge message (the contract is silent; docs/design.md "Purge outcome")
+EV_PURGE_DONE: Final = "haul.purge.done"
 EVENT_SOURCE: Final = "urn:haul:worker"
 
 # Redis keys. Everything haul keeps in Redis starts with "haul:".

@@ -24,18 +24,40 @@ no credentials, no presigned query strings.
         └── TransientError          worth retrying: 5xx, throttling, resets, timeouts
 
 Only the store modules catch SDK exceptions; they translate them at one boundary each.
+
+Every message is bounded (:func:`bounded`): a hostile message can make haul echo a value of
+megabytes (a URL, a store name, a key), and that echo would otherwise be copied whole into the
+failure event, ``haul.log``, the task result and several worker log lines.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+#: how many characters of one message, log line or field problem are shown
+SHOWN_MAX_CHARS = 400
+#: how many field problems a rejection lists (10 000 bad inputs would list 10 000)
+MAX_PROBLEMS = 20
+
+
+def bounded(text: str, limit: int = SHOWN_MAX_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how long it was (``... (N characters,
+    cut)``): the one place where what haul shows of a value is cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters, cut)"
+
 
 class HaulError(Exception):
-    """Root of every error haul raises on purpose."""
+    """Root of every error haul raises on purpose; its message is bounded."""
 
     code = "haul_error"
     retryable = False
     #: the (redacted) input URL the error is about, when there is one
     url: str | None = None
+
+    def __init__(self, message: object = "", *args: Any) -> None:
+        super().__init__(bounded(str(message)), *args)
 
 
 class ConfigError(HaulError):
@@ -47,7 +69,14 @@ class MessageError(HaulError):
 
     def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
-        self.errors = errors or []
+        problems = [
+            {"field": bounded(e["field"]), "problem": bounded(e["problem"])}
+            for e in (errors or [])[:MAX_PROBLEMS]
+        ]
+        if errors and len(errors) > MAX_PROBLEMS:
+            more = len(errors) - MAX_PROBLEMS
+            problems.append({"field": "", "problem": f"... and {more} more problems"})
+        self.errors = problems
 
 
 class UnsafePathError(HaulError):

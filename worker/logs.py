@@ -2,7 +2,8 @@
 
 Every record passes a redaction filter, so a URL with userinfo or a presigned query string
 never reaches a log line, whoever logged it. httpx logs each request URL at INFO; its loggers
-are set to WARNING, and the filter covers them anyway.
+are set to WARNING, and the filter covers them anyway. The same filter bounds each line
+(:func:`worker.errors.bounded`), whoever logged it: Celery's own lines echo task results.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import re
 import sys
 from typing import Any
 
+from worker.errors import SHOWN_MAX_CHARS, bounded
 from worker.urls import redact_url
 
 _URL = re.compile(r"\b(?:https?|s3|gs|azure|swift)://[^\s'\"<>]+")
+#: a log line may quote one bounded message and its context
+LOG_MAX_CHARS = 4 * SHOWN_MAX_CHARS
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -31,7 +35,7 @@ class RedactingFilter(logging.Filter):
             except (TypeError, ValueError):
                 record.msg = str(record.msg)
             record.args = None
-        record.msg = redact_text(str(record.msg))
+        record.msg = bounded(redact_text(str(record.msg)), LOG_MAX_CHARS)
         return True
 
 

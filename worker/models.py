@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.errors import MessageError, UnsupportedURL
+from worker.errors import MessageError, UnsupportedURL, bounded
+from worker.paths import hidden_characters
 from worker.urls import parse_input_url, redact_url
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -20,6 +21,11 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 InputName = Annotated[str, Field(pattern=NAME_PATTERN)]
 KeepDirectories = Literal["none", "full", "suffix"]
+#: longer URLs are refused: S3 keys stop at 1024 bytes and web servers at about 8 KiB of
+#: request line, while presigned URLs with session tokens stay under 4 KiB
+MAX_URL_CHARS = 8192
+#: datum ids one purge may name (its outcome event lists each one)
+MAX_PURGE_IDS = 10_000
 URL_SCHEMES = (
     "s3://",
     "azure://",
@@ -54,6 +60,10 @@ class InputSpec(_Message):
     @classmethod
     def _known_schemes(cls, urls: list[str]) -> list[str]:
         for url in urls:
+            if len(url) > MAX_URL_CHARS:
+                raise ValueError(
+                    f"a URL may have at most {MAX_URL_CHARS} characters, this one has {len(url)}"
+                )
             if not url.startswith(URL_SCHEMES):
                 raise ValueError(
                     "unsupported URL form; use s3://, azure://, gs://, swift://, http(s)://, "
@@ -83,6 +93,9 @@ class InputSpec(_Message):
             or len(value.encode()) > 255
         ):
             raise ValueError("filename must be one plain file name, without '/' or '..'")
+        if hidden_characters(value):
+            shown = ", ".join(dict.fromkeys(hidden_characters(value)))
+            raise ValueError(f"filename holds control or bidi formatting characters ({shown})")
         return value
 
 
@@ -110,7 +123,10 @@ class StoreOutputs(_Message):
 
 class Purge(_Message):
     project_id: Id
-    datum_ids: Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(min_length=1)]
+    datum_ids: Annotated[
+        list[Annotated[str, Field(pattern=ID_PATTERN)]],
+        Field(min_length=1, max_length=MAX_PURGE_IDS),
+    ]
 
 
 M = TypeVar("M", bound=_Message)
@@ -145,7 +161,7 @@ def _problem(err: Any) -> str:
     if err["type"] == "string_pattern_mismatch":
         pattern = err.get("ctx", {}).get("pattern", "")
         return f"does not match {pattern}"
-    return re.sub(r"\s+", " ", msg)
+    return bounded(re.sub(r"\s+", " ", msg))
 
 
 # ---------------------------------------------------------------------------- event data
@@ -278,6 +294,16 @@ class DatumPurged(_Data):
     content_removed: bool
 
 
+class PurgeDone(_Data):
+    """The outcome of one purge message: which datums it purged and which it did not know."""
+
+    project_id: str
+    purged: list[str] = Field(description="datum ids purged by this message or already purged")
+    unknown: list[str] = Field(
+        description="datum ids that do not exist or belong to another project; nothing was done"
+    )
+
+
 class FieldProblem(_Data):
     field: str
     problem: str
@@ -327,6 +353,7 @@ EVENT_DATA: dict[str, type[_Data]] = {
     "haul.outputs.stored": OutputsStored,
     "haul.outputs.failed": OutputsFailed,
     "haul.datum.purged": DatumPurged,
+    "haul.purge.done": PurgeDone,
     "haul.message.rejected": MessageRejected,
     "haul.transfer.progress": TransferProgress,
     "haul.alias.moved": AliasMoved,

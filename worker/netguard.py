@@ -35,8 +35,20 @@ def is_public(addr: IPAddress) -> bool:
     )
 
 
+def is_loopback_name(host: str) -> bool:
+    """``localhost``, ``localhost.`` and names under it: loopback by definition (RFC 6761),
+    whatever a resolver answers (without a DNS server ``localhost.`` does not resolve at all)."""
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
 def resolve(host: str, port: int, *, allow_private: bool) -> list[str]:
     """Resolve ``host`` and return addresses to connect to; refuse non-public ones."""
+    if not allow_private and is_loopback_name(host):
+        raise ForbiddenAddress(
+            f"refusing {host!r}: a loopback name (set allow_private_addresses = true to allow "
+            "loopback, private and link-local addresses)"
+        )
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

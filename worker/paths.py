@@ -3,6 +3,11 @@
 Everything that turns a message field or a remote key into a local path goes through
 :func:`safe_join`, which refuses absolute paths, ``..``, NUL bytes and empty segments, and checks
 the result still lies under the base after normalisation.
+
+Names that haul lays out or stores are also refused when they hold control characters or
+bidirectional formatting characters (:func:`hidden_characters`): a line break splits a
+``haul.log`` line, and a right-to-left override shows ``model\u202egpj.exe`` as
+``modelexe.jpg`` on every page and terminal that displays it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,27 @@ from pathlib import Path, PurePosixPath
 from worker.errors import UnsafePathError
 
 _MAX_SEGMENT_BYTES = 255
+#: Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def hidden_characters(name: str) -> list[str]:
+    """The control and bidi formatting characters in ``name``, as ``U+XXXX``, in order."""
+    return [
+        f"U+{ord(ch):04X}"
+        for ch in name
+        if ch in _BIDI or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F
+    ]
+
+
+def check_visible(name: str) -> None:
+    """UnsafePathError when ``name`` holds control or bidi formatting characters."""
+    hidden = hidden_characters(name)
+    if hidden:
+        shown = ", ".join(dict.fromkeys(hidden))
+        raise UnsafePathError(
+            f"name {name!r} holds control or bidi formatting characters ({shown})"
+        )
 
 
 def clean_relative(rel: str) -> PurePosixPath:

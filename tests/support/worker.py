@@ -114,15 +114,19 @@ def start_worker(
     queues: str = ALL_QUEUES,
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    app: str = "tasks",
 ) -> Iterator[WorkerProcess]:
-    """A real worker on ``redis_url`` with ``data_dir``; stopped (by PID) when the block ends."""
+    """A real worker on ``redis_url`` with ``data_dir``; stopped (by PID) when the block ends.
+
+    ``app`` is the Celery app module (``-A``): ``tasks``, or a test module that wraps it.
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     n = next(_counter)
     hostname = f"test-{os.getpid()}-{n}@%h"
     log_path = log_path or data_dir.parent / f"{data_dir.name}-worker-{n}.log"
     cmd = [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "-Q", queues,
         "--concurrency", str(concurrency),
         "--loglevel", "INFO",

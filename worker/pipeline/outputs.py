@@ -12,6 +12,7 @@ import os
 import stat
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,14 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.paths import hidden_characters
 from worker.pipeline.runtime import Runtime
 from worker.records.datums import content_key, datum_id
 from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
+
+#: a sidecar is a few tags and keys; a larger one is refused before it is read into memory
+MAX_SIDECAR_BYTES = 1024 * 1024
 
 
 class OutputsFailedError(ReportedFailure):
@@ -60,9 +65,15 @@ class _Metadata:
 
 
 def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
-    """Regular files to store, and (path, reason) of everything refused."""
+    """Regular files to store, and (path, reason) of everything refused.
+
+    A regular file with more hard links than the walk finds under ``outputs/`` shares its
+    inode with a file elsewhere (``ln /etc/shadow outputs/x``): it does not resolve outside,
+    yet it is someone else's file, so it is refused like a symlink.
+    """
     files: dict[str, Path] = {}
     refused: list[tuple[str, str]] = []
+    linked: dict[str, tuple[tuple[int, int], int]] = {}
 
     def unreadable(exc: OSError) -> None:
         where = _rel(outputs, Path(exc.filename)) if exc.filename else "."
@@ -77,15 +88,25 @@ def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
         for name in filenames:
             path = base / name
             rel = _rel(outputs, path)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
                 refused.append((rel, "a symlink; not followed"))
-            elif not stat.S_ISREG(mode):
+            elif not stat.S_ISREG(st.st_mode):
                 refused.append((rel, "not a regular file"))
             elif not os.path.realpath(path).startswith(os.path.realpath(outputs) + os.sep):
                 refused.append((rel, "resolves outside outputs/"))
+            elif hidden := hidden_characters(rel):
+                shown = ", ".join(dict.fromkeys(hidden))
+                refused.append((rel, f"the name holds control or bidi characters ({shown})"))
             else:
                 files[rel] = path
+                if st.st_nlink > 1:
+                    linked[rel] = ((st.st_dev, st.st_ino), st.st_nlink)
+    inside = Counter(inode for inode, _links in linked.values())
+    for rel, (inode, links) in linked.items():
+        if inside[inode] < links:
+            del files[rel]
+            refused.append((rel, "a hard link to a file outside outputs/; copy it instead"))
     candidates = []
     for rel in sorted(files):
         if rel.endswith(METADATA_SUFFIX) and rel.removesuffix(METADATA_SUFFIX) in files:
@@ -99,12 +120,21 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"not valid JSON: {name} is not a JSON number")
+
+
 def read_sidecar(path: Path) -> _Metadata:
     """Parse a ``.metadata.json`` sidecar; raise ValueError saying what is wrong."""
+    size = path.stat().st_size
+    if size > MAX_SIDECAR_BYTES:
+        raise ValueError(f"{size} bytes; a sidecar may have at most {MAX_SIDECAR_BYTES}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("must be a JSON object")  # noqa: TRY004 (reported as a problem, not a bug)
     tags = doc.pop("valohai.tags", [])

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from worker.errors import HaulError, NoMatch, NotFound, UnsafePathError, UnsupportedURL
 from worker.models import InputSpec
-from worker.paths import clean_relative
+from worker.paths import check_visible, clean_relative
 from worker.pipeline.runtime import Runtime
 from worker.stores.base import ObjectInfo, ObjectSource
 from worker.stores.resolver import expand_wildcard
@@ -57,11 +57,16 @@ def _key_rel(key: str, keep: str, base: str) -> str:
 
 def _checked(rel: str, url: str) -> str:
     try:
-        return str(clean_relative(rel))
+        checked = str(clean_relative(rel))
     except UnsafePathError:
         raise UnsafePathError(
             f"{redact_url(url)} would be written to {rel!r}, which leaves the input folder"
         ) from None
+    try:
+        check_visible(checked)
+    except UnsafePathError as exc:
+        raise UnsafePathError(f"{redact_url(url)} cannot be laid out: {exc}") from None
+    return checked
 
 
 def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:

@@ -364,10 +364,14 @@ class _Job:
 
 
 def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> None:
-    """Report a failure the job did not report itself: the event, and no part files left."""
-    job = _Job(runtime, msg, None)
-    if not (job.exec_dir.is_symlink() or job.inputs_dir.is_symlink()):
-        job.sweep_parts()
+    """Report a failure the job did not report itself: the event, and no part files left.
+
+    The folders are looked at without :meth:`Runtime.execution_dir`, which refuses a symlinked
+    execution folder: that very refusal is one of the failures reported here.
+    """
+    exec_dir = runtime.settings.executions_dir / msg.execution_id
+    if not (exec_dir.is_symlink() or (exec_dir / INPUTS_DIR).is_symlink()):
+        _Job(runtime, msg, None).sweep_parts()
     runtime.events.publish(
         EV_INPUTS_FAILED,
         msg.execution_id,

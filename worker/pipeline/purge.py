@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Any
 
-from worker.constants import EV_DATUM_PURGED
+from worker.constants import EV_DATUM_PURGED, EV_PURGE_DONE
 from worker.errors import NotFound
 from worker.events import now_iso
-from worker.models import DatumPurged, Purge
+from worker.models import DatumPurged, Purge, PurgeDone
 from worker.pipeline.runtime import Runtime
+
+
+def _digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
 def purge(
@@ -47,6 +52,21 @@ def purge(
             datum_id,
         )
         purged.append({"datum_id": datum_id, "key": datum.key, "content_removed": content_removed})
+    # One outcome per message, even when nothing was purged: an orchestrator waiting on the
+    # stream can tell "nothing to purge" from "not handled yet". Its id is the message's ids,
+    # so a redelivery publishes the same event again.
+    ids = list(dict.fromkeys(msg.datum_ids))
+    runtime.events.publish(
+        EV_PURGE_DONE,
+        None,
+        PurgeDone(
+            project_id=msg.project_id,
+            purged=[p["datum_id"] for p in purged],
+            unknown=unknown,
+        ),
+        msg.project_id,
+        _digest(ids),
+    )
     return {
         "status": "purged",
         "project_id": msg.project_id,

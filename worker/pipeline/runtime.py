@@ -7,6 +7,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from worker.errors import UnsafePathError
 from worker.events import EventPublisher
 from worker.paths import safe_join
 from worker.records.change_memory import ChangeMemory
@@ -46,4 +47,11 @@ class Runtime:
         self.sources.close()
 
     def execution_dir(self, execution_id: str) -> Path:
-        return safe_join(self.settings.executions_dir, execution_id)
+        """The execution's folder; UnsafePathError when it is a symlink (made by someone else:
+        haul would read outputs from, or lay inputs out in, wherever it points)."""
+        folder = safe_join(self.settings.executions_dir, execution_id)
+        if folder.is_symlink():
+            raise UnsafePathError(
+                f"the execution folder of {execution_id} is a symlink; haul uses only real folders"
+            )
+        return folder

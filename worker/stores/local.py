@@ -10,8 +10,8 @@ rename is used instead.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -71,6 +71,24 @@ class _FileBody:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _copy(src_path: Path, tmp: Path) -> tuple[int, str]:
+    """Copy ``src_path`` (never through a symlink) to the new file ``tmp``; (size, md5)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    copied = 0
+    src = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        with tmp.open("xb") as dst:
+            while chunk := os.read(src, _COPY_BUFFER):
+                md5.update(chunk)
+                dst.write(chunk)
+                copied += len(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+    finally:
+        os.close(src)
+    return copied, md5.hexdigest()
 
 
 class LocalStore(SourceBase):
@@ -152,12 +170,10 @@ class LocalStore(SourceBase):
             raise AlreadyExists(f"already exists: {key}")
         tmp = self._tmp_path()
         try:
-            with path.open("rb") as src, tmp.open("xb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_BUFFER)
-                dst.flush()
-                os.fsync(dst.fileno())
-            copied = tmp.stat().st_size
-            if copied != size:
+            copied, digest = _copy(path, tmp)
+            # The md5 is the caller's hash of the file: bytes that differ (the file was
+            # rewritten after it was hashed) never reach a content-addressed key.
+            if copied != size or (md5 is not None and digest != md5):
                 raise Changed(f"{path.name} changed while it was being stored")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(tmp, target)

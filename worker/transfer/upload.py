@@ -12,6 +12,8 @@ per store. A file that changes between hashing and sending is refused (:class:`C
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +59,11 @@ class Hashed:
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
+    # lstat: a file swapped for a symlink (to a secret elsewhere) or a FIFO after the scan
+    # refused such things must not be followed or opened, only noticed as changed.
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise Changed(f"{path.name} is no longer a regular file")
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def rig(
     outside = root / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("not haul's to read\n")
+    (root / "data" / "executions").mkdir(parents=True)
     env = {"HAUL_MAX_ATTEMPTS": "1", "HAUL_CACHE_ENABLED": "false", **(extra_env or {})}
     with (
         servers.redis_server(root / "redis") as redis_srv,
@@ -78,7 +80,9 @@ def tree(folder: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]
             if path in skip:
                 continue
             st = os.lstat(path)
-            out[str(path.relative_to(folder))] = (st.st_mode, st.st_size)
+            # A folder's size grows with its entries; what is in it is listed anyway.
+            size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
+            out[str(path.relative_to(folder))] = (st.st_mode, size)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,7 +32,15 @@ from worker.constants import (
     PART_RECORD_SUFFIX,
     PART_SUFFIX,
 )
-from worker.errors import HaulError, LeaseLost, NotFound, ReportedFailure, UnsafePathError
+from worker.errors import (
+    DestinationError,
+    DiskFullError,
+    HaulError,
+    LeaseLost,
+    NotFound,
+    ReportedFailure,
+    UnsafePathError,
+)
 from worker.events import Pending, now_iso
 from worker.hashing import Digests
 from worker.models import (
@@ -79,6 +88,19 @@ class _Fetched:
     shown_path: str
 
 
+def _make_folder(folder: Path, shown: str) -> None:
+    """mkdir -p; a file planted where a folder must be (or no permission) is a
+    DestinationError naming what could not be laid out, not an unexpected OSError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left to lay out {shown!r}") from None
+        raise DestinationError(
+            f"cannot make the folder for {shown!r}: {exc.strerror or exc}"
+        ) from None
+
+
 def _done_key(execution_id: str) -> str:
     return f"{KEY_INPUT_FILES}:{execution_id}"
 
@@ -108,7 +130,7 @@ class _Job:
             self.exec_dir,
             *(self.exec_dir / s for s in (INPUTS_DIR, OUTPUTS_DIR, CONFIG_DIR)),
         ):
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder, folder.name)
             if folder.is_symlink():
                 raise UnsafePathError(f"{folder} is a symlink; haul writes only into real folders")
 
@@ -118,7 +140,7 @@ class _Job:
         target = self.inputs_dir.joinpath(*clean_relative(rel).parts)
         if target.parent in self._checked:
             return target  # the folder was made and checked for an earlier file
-        safe_join(self.inputs_dir, rel).parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(safe_join(self.inputs_dir, rel).parent, rel)
         # The folders exist now; check again that none of them is a symlink leading out.
         checked = safe_join(self.inputs_dir, rel)
         self._checked.add(checked.parent)
@@ -360,7 +382,12 @@ class _Job:
             self.msg.execution_id,
         )
         where = f"{self.mount}/{f.input}/{f.rel}" if f else f"{self.mount}/{input_name or ''}"
-        self.haul_log.line(where, f"failed: {exc}")
+        try:
+            self.haul_log.line(where, f"failed: {exc}")
+        except HaulError as log_error:
+            # The failure is reported already; a second one (the same event id with other
+            # data) would contradict it.
+            log.warning("could not add the failure to haul.log: %s", log_error)
 
 
 def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> None:

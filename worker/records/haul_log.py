@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from worker.errors import DiskFullError
+from worker.errors import DestinationError, DiskFullError, UnsafePathError
 from worker.hashing import Digests
 from worker.sizes import format_size
 
@@ -50,7 +50,7 @@ class HaulLog:
             if self.path is not None:
                 # One O_APPEND write per fact keeps lines whole even with several writers.
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                fd = os.open(self.path, flags, 0o644)
+                fd = _open(self.path, flags)
                 try:
                     _write_all(fd, text.encode())
                 finally:
@@ -64,6 +64,19 @@ class HaulLog:
 
     def line(self, path: str, fact: str) -> None:
         self.write([f"{stamp()} {path}: {fact}"])
+
+
+def _open(path: Path, flags: int) -> int:
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{path.name} is a symlink; haul does not write through it"
+            ) from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left for {path.name}") from None
+        raise DestinationError(f"cannot write {path.name}: {exc.strerror or exc}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:

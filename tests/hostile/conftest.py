@@ -51,22 +51,27 @@ def rig(
     name: str,
     extra_env: Mapping[str, str] | None = None,
     app: str = "tests.hostile.guarded_app",
+    data_dir: Path | None = None,
 ) -> Iterator[Rig]:
-    """A private Redis, a worker (``app``) and an HTTP server for one test module."""
+    """A private Redis, a worker (``app``) and an HTTP server for one test module; haul's data
+    folder is ``data_dir`` (default: ``data`` in the module's folder)."""
     _require("redis")
     root = factory.mktemp(name)
     (root / "www").mkdir()
     outside = root / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("not haul's to read\n")
-    (root / "data" / "executions").mkdir(parents=True)
+    data = data_dir or root / "data"
+    (data / "executions").mkdir(parents=True)
     env = {"HAUL_MAX_ATTEMPTS": "1", "HAUL_CACHE_ENABLED": "false", **(extra_env or {})}
     with (
         servers.redis_server(root / "redis") as redis_srv,
         serve(root / "www") as www,
-        start_worker(redis_srv.url, root / "data", extra_env=env, app=app) as w,
+        start_worker(
+            redis_srv.url, data, extra_env=env, app=app, log_path=root / "worker.log"
+        ) as w,
     ):
-        yield Rig(Haul(redis_srv.url, root / "data", w), www, root, outside)
+        yield Rig(Haul(redis_srv.url, data, w), www, root, outside)
 
 
 def tree(folder: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:

@@ -77,7 +77,14 @@ def _copy(src_path: Path, tmp: Path) -> tuple[int, str]:
     """Copy ``src_path`` (never through a symlink) to the new file ``tmp``; (size, md5)."""
     md5 = hashlib.md5(usedforsecurity=False)
     copied = 0
-    src = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        src = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Changed(
+                f"{src_path.name} was replaced by a symlink while it was stored"
+            ) from None
+        raise
     try:
         with tmp.open("xb") as dst:
             while chunk := os.read(src, _COPY_BUFFER):

@@ -14,7 +14,8 @@ no credentials, no presigned query strings.
     │   ├── UnsupportedURL          a URL scheme or form haul does not read
     │   ├── ForbiddenAddress        http(s) to loopback/private/link-local, refused
     │   ├── MissingExtra            a store whose optional SDK is not installed
-    │   └── NoMatch                 a wildcard that matched nothing
+    │   ├── NoMatch                 a wildcard that matched nothing
+    │   └── TooManyMatches          a wildcard that matched more than max_wildcard_matches
     └── StoreError                  one store operation failed (raised only by worker.stores)
         ├── NotFound                the object or container does not exist
         ├── AccessDenied            credentials missing or not allowed
@@ -107,6 +108,10 @@ class MissingExtra(SourceError):
 
 class NoMatch(SourceError):
     code = "no_match"
+
+
+class TooManyMatches(SourceError):
+    code = "too_many_matches"
 
 
 class StoreError(HaulError):

@@ -13,22 +13,22 @@ bidirectional formatting characters (:func:`hidden_characters`): a line break sp
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 from worker.errors import UnsafePathError
 
 _MAX_SEGMENT_BYTES = 255
-#: Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates)
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: control characters (C0, DEL, C1) and Unicode's bidirectional formatting characters (marks,
+#: embeddings, overrides, isolates)
+_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def hidden_characters(name: str) -> list[str]:
     """The control and bidi formatting characters in ``name``, as ``U+XXXX``, in order."""
-    return [
-        f"U+{ord(ch):04X}"
-        for ch in name
-        if ch in _BIDI or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F
-    ]
+    if _HIDDEN.search(name) is None:
+        return []
+    return [f"U+{ord(ch):04X}" for ch in _HIDDEN.findall(name)]
 
 
 def check_visible(name: str) -> None:
@@ -41,19 +41,24 @@ def check_visible(name: str) -> None:
         )
 
 
-def clean_relative(rel: str) -> PurePosixPath:
-    """Relative POSIX path without `..`, `.`, empty or absolute parts, else UnsafePathError."""
+def checked_relative(rel: str) -> str:
+    """``rel`` itself when it is a relative POSIX path without `..`, `.`, empty or absolute
+    parts (what :func:`clean_relative` builds a path from), else UnsafePathError."""
     if not rel or "\x00" in rel or "\\" in rel:
         raise UnsafePathError(f"unsafe path {rel!r}")
     if rel.startswith("/"):
         raise UnsafePathError(f"absolute path not allowed: {rel!r}")
-    parts = rel.split("/")
-    for part in parts:
+    for part in rel.split("/"):
         if part in {"", ".", ".."}:
             raise UnsafePathError(f"path {rel!r} has an empty, '.' or '..' segment")
-        if len(part.encode()) > _MAX_SEGMENT_BYTES:
+        if len(part) * 4 > _MAX_SEGMENT_BYTES and len(part.encode()) > _MAX_SEGMENT_BYTES:
             raise UnsafePathError(f"path segment longer than {_MAX_SEGMENT_BYTES} bytes in {rel!r}")
-    return PurePosixPath(*parts)
+    return rel
+
+
+def clean_relative(rel: str) -> PurePosixPath:
+    """Relative POSIX path without `..`, `.`, empty or absolute parts, else UnsafePathError."""
+    return PurePosixPath(*checked_relative(rel).split("/"))
 
 
 def safe_join(base: Path, rel: str) -> Path:

@@ -136,6 +136,9 @@ class Settings(_Strict):
     cache_enabled: bool = True
     cache_max_bytes: Annotated[int, Field(ge=0)] = 20 * GiB
     progress_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    #: a wildcard matching more objects fails the input (the plan holds each one in memory,
+    #: about 1.3 KB per object: 100 000 objects took 126 MB)
+    max_wildcard_matches: Annotated[int, Field(ge=1)] = 100_000
 
     # Worker process.
     worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from worker.errors import HaulError, NoMatch, NotFound, UnsafePathError, UnsupportedURL
 from worker.models import InputSpec
-from worker.paths import check_visible, clean_relative
+from worker.paths import check_visible, checked_relative
 from worker.pipeline.runtime import Runtime
 from worker.stores.base import ObjectInfo, ObjectSource
 from worker.stores.resolver import expand_wildcard
@@ -57,7 +57,7 @@ def _key_rel(key: str, keep: str, base: str) -> str:
 
 def _checked(rel: str, url: str) -> str:
     try:
-        checked = str(clean_relative(rel))
+        checked = checked_relative(rel)
     except UnsafePathError:
         raise UnsafePathError(
             f"{redact_url(url)} would be written to {rel!r}, which leaves the input folder"
@@ -80,7 +80,7 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
         return [_datum(runtime, spec, url)]
     source, key = runtime.sources.for_url(url)
     if url.has_wildcard:
-        found = expand_wildcard(source, key, raw)
+        found = expand_wildcard(source, key, raw, runtime.settings.max_wildcard_matches)
         base = suffix_base(key)
         return [
             PlannedFile(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from worker.errors import NoMatch, UnsupportedURL
+from worker.errors import NoMatch, TooManyMatches, UnsupportedURL
 from worker.settings import LocalStoreConfig, Settings, StoreConfig, StoreSecrets
 from worker.stores.base import ObjectInfo, ObjectSource, Store
 from worker.stores.http import HttpSource
@@ -81,14 +81,21 @@ class Sources:
             store.close()
 
 
-def expand_wildcard(source: ObjectSource, pattern: str, shown: str) -> list[ObjectInfo]:
+def expand_wildcard(
+    source: ObjectSource, pattern: str, shown: str, limit: int | None = None
+) -> list[ObjectInfo]:
     """Every object matching ``pattern`` (a prefix listing, matched here: emulators and some
-    services ignore server-side globs); NoMatch when there is none."""
-    found = [
-        info
-        for info in source.list(wildcard_prefix(pattern))
-        if matches(pattern, info.key) and not info.key.endswith("/")
-    ]
+    services ignore server-side globs); NoMatch when there is none, TooManyMatches (without
+    listing further) when there are more than ``limit``."""
+    found: list[ObjectInfo] = []
+    for info in source.list(wildcard_prefix(pattern)):
+        if matches(pattern, info.key) and not info.key.endswith("/"):
+            if limit is not None and len(found) >= limit:
+                raise TooManyMatches(
+                    f"{redact_url(shown)} matches more than {limit} objects "
+                    "(max_wildcard_matches); narrow the pattern or split the input"
+                )
+            found.append(info)
     if not found:
         raise NoMatch(f"{redact_url(shown)} matched no object")
     return found

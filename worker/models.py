@@ -6,6 +6,7 @@ JSON Schemas kept under ``schemas/`` (``python -m worker.schemas``).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -145,6 +146,15 @@ def validate_message(model: type[M], payload: Any) -> M:
             "the message must be one JSON object",
             [{"field": "", "problem": f"expected a JSON object, got {type(payload).__name__}"}],
         )
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's "\udc80" escapes decode to lone surrogates, which no event, log line or
+        # file name can carry.
+        problem = "holds text that is not valid Unicode (a lone surrogate such as \\udc80)"
+        raise MessageError(f"the message {problem}", [{"field": "", "problem": problem}]) from None
+    except (TypeError, ValueError):
+        pass  # not JSON-shaped (no worker hands such a payload over): the model says why
     try:
         return model.model_validate(payload)
     except ValidationError as exc:

@@ -89,7 +89,11 @@ def parse_input_url(url: str) -> ParsedURL:
         raise UnsupportedURL(f"not a URL: {redact_url(url)}")
     scheme = scheme.lower()
     if scheme in {"http", "https"}:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # a port that is not a number in 0-65535
+        except ValueError as exc:
+            raise UnsupportedURL(f"malformed URL {redact_url(url)}: {exc}") from None
         if not parts.hostname:
             raise UnsupportedURL(f"URL without a host: {redact_url(url)}")
         return ParsedURL(scheme, (parts.hostname,), url, url)  # type: ignore[arg-type]
@@ -119,9 +123,13 @@ def parse_input_url(url: str) -> ParsedURL:
 def redact_url(url: str) -> str:
     """The URL without userinfo or credential query parameters; safe for logs and events."""
     try:
-        parts = urlsplit(url)
-    except ValueError:
+        return _redacted(url)
+    except ValueError:  # also UnicodeEncodeError: a lone surrogate in the query
         return "<unparseable URL>"
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = netloc.rsplit("@", 1)[1]

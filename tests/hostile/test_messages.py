@@ -73,6 +73,7 @@ SHAPES: list[tuple[str, dict[str, Any], str]] = [
     ("unsupported-scheme", {"inputs": [_input(urls=["ftp://h/x"])]}, "inputs.0.urls"),
     ("port-out-of-range", {"inputs": [_input(urls=["http://h:99999/x"])]}, "inputs.0.urls"),
     ("unknown-store", {"store": "nowhere"}, "store"),
+    ("lone-surrogate-in-url", {"inputs": [_input(urls=["https://h/x\udc80"])]}, ""),
     ("ten-thousand-inputs", {"inputs": [_input(name=f"i{n}") for n in range(10_000)]}, "inputs"),
 ]
 

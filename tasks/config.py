@@ -30,8 +30,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # Each queue on its own direct exchange with its own name as routing key: what a
         # plain `send_task(..., queue="haul.inputs")` from any Celery client publishes to.
         "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in ALL_QUEUES
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES
         ],
         "task_default_exchange": QUEUE_CONTROL,
         "task_default_routing_key": QUEUE_CONTROL,

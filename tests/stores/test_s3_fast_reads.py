@@ -14,8 +14,8 @@ import pytest
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.servers import MotoServer
 from worker.errors import Changed, NotFound, TransientError
+from worker.net.pool import FastBody, FastClient
 from worker.settings import S3StoreConfig
-from worker.stores._fasthttp import FastBody, FastClient
 from worker.stores._stream import read_all
 from worker.stores.s3 import S3Store
 

@@ -5,10 +5,10 @@ later range (a weak ETag cannot pin, so ``If-Unmodified-Since`` with Last-Modifi
 instead), and a 412 becomes :class:`~worker.errors.Changed`. Redirects are followed by hand, at
 most ``max_redirects`` hops, each hop through the private-address guard.
 
-Bodies are read through :mod:`worker.stores._fasthttp` (http.client with ``readinto``; it keeps
+Bodies are read through :mod:`worker.net.pool` (http.client with ``readinto``; it keeps
 the address guard), which costs far less CPU per byte than httpx; ``fast=False`` uses httpx
-(:mod:`worker.stores._httpx`) for everything. Many small objects of a batch go through
-:meth:`HttpSource.fetch_small` (:mod:`worker.stores._httplane`, one thread, a selector).
+(:mod:`worker.net.httpx_client`) for everything. Many small objects of a batch go through
+:meth:`HttpSource.fetch_small` (:mod:`worker.net.lane`, one thread, a selector).
 :meth:`HttpSource.read_first` asks for the first range without a prior stat, so a small file
 costs one request and a large one learns its size and ETag from its first chunk.
 """
@@ -31,8 +31,8 @@ from worker.errors import (
     SourceError,
     TransientError,
 )
-from worker.stores._fasthttp import FastBody, FastClient, basic_auth
-from worker.stores._httplane import LaneAnswer, LaneRequest, SmallGetLoop
+from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop
+from worker.net.pool import FastBody, FastClient, basic_auth
 from worker.stores.base import (
     ObjectInfo,
     SmallDelivery,
@@ -43,7 +43,7 @@ from worker.stores.base import (
 from worker.urls import redact_url
 
 if TYPE_CHECKING:
-    from worker.stores._httpx import HttpxClient, HttpxResponse
+    from worker.net.httpx_client import HttpxClient, HttpxResponse
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 #: characters a request line must not carry as they are (controls, space, non-ASCII)
@@ -90,7 +90,8 @@ class HttpSource(SourceBase):
         max_connections: int = 64,
         fast: bool = True,
     ) -> None:
-        # httpx (and its 40 ms of imports) only where the fast client is off: see _httpx.
+        # httpx (and its 40 ms of imports) only where the fast client is off: see
+        # worker.net.httpx_client.
         self._httpx: HttpxClient | None = None
         self._verify = verify
         self._max_connections = max_connections
@@ -109,7 +110,7 @@ class HttpSource(SourceBase):
     @property
     def client(self) -> HttpxClient:
         if self._httpx is None:
-            from worker.stores._httpx import HttpxClient
+            from worker.net.httpx_client import HttpxClient
 
             self._httpx = HttpxClient(
                 allow_private=self._allow_private,
@@ -220,7 +221,7 @@ class HttpSource(SourceBase):
         max_connections: int,
         stop: threading.Event | None = None,
     ) -> None:
-        """Fetch objects of at most ``limit`` bytes on one thread (:mod:`._httplane`).
+        """Fetch objects of at most ``limit`` bytes on one thread (:mod:`.lane`).
 
         ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
         that key must go the ordinary way instead (not small, not a plain answer, or any

@@ -45,8 +45,8 @@ from worker.errors import (
     StoreError,
     TransientError,
 )
+from worker.net.pool import FastClient
 from worker.settings import S3StoreConfig, Settings, StoreSecrets
-from worker.stores._fasthttp import FastClient
 from worker.stores._retry import RetryPolicy
 from worker.stores._sdk import Op, SdkStore
 from worker.stores._stream import CountedStream, range_end

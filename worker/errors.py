@@ -117,8 +117,15 @@ class IntegrityError(StoreError):
 
 
 class TransientError(StoreError):
+    """Worth another attempt. ``retry_after_s`` is the server's own wish (``Retry-After``, a
+    throttling answer), which the engine's retry policy honours within its budget."""
+
     code = "transient_error"
     retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DiskFullError(HaulError):

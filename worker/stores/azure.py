@@ -30,31 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    IncompleteReadError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
 
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
-    Changed,
+    HaulError,
     IntegrityError,
     MissingExtra,
     NotFound,
     StoreError,
     TransientError,
 )
+from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
 from worker.settings import AzureStoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
 
@@ -63,12 +54,36 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 MAX_BLOCKS = 50_000
 
-_DENIED_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch"}
-_BAD_DIGEST = {"Md5Mismatch", "InvalidMd5", "Crc64Mismatch"}
+_DENIED = Rule(AccessDenied, "access denied")
+_BAD_DIGEST = Rule(IntegrityError, "the server rejected the checksum")
+_BUSY = Rule(TransientError, "the service is busy")
+_TAKEN = Rule(AlreadyExists, "the blob already exists")
+
+#: Azure Blob error codes over the status ladder; 409 on a create is a taken name
+ERRORS = ErrorTable(
+    codes={
+        "ContainerNotFound": Rule(NotFound, "the container does not exist"),
+        "BlobNotFound": Rule(NotFound, "no such blob"),
+        "AuthenticationFailed": _DENIED, "AuthorizationFailure": _DENIED,
+        "AuthorizationPermissionMismatch": _DENIED,
+        "BlobAlreadyExists": _TAKEN,
+        "ConditionNotMet": HTTP_STATUSES[412],
+        "Md5Mismatch": _BAD_DIGEST, "InvalidMd5": _BAD_DIGEST, "Crc64Mismatch": _BAD_DIGEST,
+        "ServerBusy": _BUSY, "OperationTimedOut": _BUSY, "InternalError": _BUSY,
+    },
+    statuses={**HTTP_STATUSES, 409: Rule(StoreError, "conflict", on_create=_TAKEN)},
+)  # fmt: skip
 
 
-def _translate(exc: AzureError, where: str, op: Op) -> StoreError:
+def _translate(exc: Any, where: str, op: Op) -> HaulError:
     """The one place azure-core exceptions become haul errors (status and code only)."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        IncompleteReadError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
     if isinstance(exc, IncompleteReadError):
         return IntegrityError(f"{where}: the body ended early")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
@@ -78,24 +93,14 @@ def _translate(exc: AzureError, where: str, op: Op) -> StoreError:
     code = str(getattr(raw_code, "value", raw_code))  # a str, or a StorageErrorCode enum
     # The message is only inspected, never repeated: it can quote the request's signature.
     says_md5 = "md5" in str(getattr(exc, "message", "") or "").lower()
-    detail = f"{code or type(exc).__name__}, HTTP {status}" if status else type(exc).__name__
-    if code == "ContainerNotFound":
-        return NotFound(f"{where}: the container does not exist ({detail})")
-    if isinstance(exc, ResourceNotFoundError) or status == 404:
-        return NotFound(f"{where}: no such blob ({detail})")
-    if isinstance(exc, ClientAuthenticationError) or code in _DENIED_CODES or status in (401, 403):
-        return AccessDenied(f"{where}: access denied ({detail})")
-    if code == "BlobAlreadyExists" or (isinstance(exc, ResourceExistsError) and op == "create"):
-        return AlreadyExists(f"{where}: the blob already exists ({detail})")
-    if isinstance(exc, ResourceModifiedError) or status == 412:
-        if op == "create":
-            return AlreadyExists(f"{where}: the blob already exists ({detail})")
-        return Changed(f"{where}: the blob changed since it was first seen ({detail})")
-    if code in _BAD_DIGEST or (status == 400 and says_md5):  # azurite: InvalidOperation
-        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-    if status in (408, 429) or status >= 500:
-        return TransientError(f"{where}: temporary server error ({detail})")
-    return StoreError(f"{where}: request failed ({detail})")
+    if status == 400 and says_md5 and code not in ERRORS.codes:  # azurite: InvalidOperation
+        return IntegrityError(f"{where}: the server rejected the checksum (HTTP 400)")
+    if not status and isinstance(exc, ClientAuthenticationError):
+        return AccessDenied(f"{where}: no usable credentials ({type(exc).__name__})")
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return ERRORS.error(
+        where, status=status, code=code, op=op, retry_after_s=header_retry_after(headers)
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -117,7 +122,7 @@ class AzureStore(SdkStore):
 
     sdk_errors = (AzureError,)
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -134,7 +139,6 @@ class AzureStore(SdkStore):
         part_size_bytes: int = 8 * MiB,
         concurrency: int = 8,
         page_size: int = 5000,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.container = container
@@ -143,7 +147,6 @@ class AzureStore(SdkStore):
         self.part_size_bytes = part_size_bytes
         self.concurrency = max(1, concurrency)
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
         opts: dict[str, Any] = {
             "retry_total": 0,
             "max_single_get_size": 32 * MiB,
@@ -332,7 +335,6 @@ def from_config(
         multipart_threshold_bytes=settings.multipart_threshold_bytes,
         part_size_bytes=settings.chunk_size_bytes,
         concurrency=settings.concurrency,
-        retry=RetryPolicy(attempts=settings.max_attempts),
     )
 
 

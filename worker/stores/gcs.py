@@ -37,14 +37,15 @@ from worker.errors import (
     AccessDenied,
     AlreadyExists,
     Changed,
+    HaulError,
     IntegrityError,
     NotFound,
     StoreError,
     TransientError,
 )
+from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
 from worker.settings import GCSStoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
 
@@ -60,7 +61,20 @@ _SDK_ERRORS = (
 )
 
 
-def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+#: GCS answers with statuses only; a 404 under a pinned read means its generation is gone
+ERRORS = ErrorTable(
+    statuses={
+        **HTTP_STATUSES,
+        404: Rule(
+            NotFound,
+            "no such object",
+            on_read=Rule(Changed, "the generation being read is gone"),
+        ),
+    }
+)
+
+
+def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place google/requests exceptions become haul errors (no server text is kept)."""
     if isinstance(exc, DataCorruption):
         return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
@@ -73,25 +87,16 @@ def _translate(exc: Exception, where: str, op: Op) -> StoreError:
         status = int(exc.code or 0)
     elif isinstance(exc, InvalidResponse):
         status = int(getattr(exc.response, "status_code", 0) or 0)
+    # The message is only inspected, never repeated.
     message = str(getattr(exc, "message", "") or "").lower()
-    detail = f"HTTP {status}" if status else type(exc).__name__
-    if status == 404:
-        if "bucket" in message and "object" not in message:
-            return NotFound(f"{where}: the bucket does not exist ({detail})")
-        if op == "read":
-            return Changed(f"{where}: the generation being read is gone ({detail})")
-        return NotFound(f"{where}: no such object ({detail})")
-    if status in (401, 403):
-        return AccessDenied(f"{where}: access denied ({detail})")
-    if status == 412:
-        if op == "create":
-            return AlreadyExists(f"{where}: the object already exists ({detail})")
-        return Changed(f"{where}: the object changed since it was first seen ({detail})")
+    if status == 404 and "bucket" in message and "object" not in message:
+        return NotFound(f"{where}: the bucket does not exist (HTTP 404)")
     if status == 400 and ("md5" in message or "crc32c" in message or "hash" in message):
-        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-    if status in (408, 429) or status >= 500:
-        return TransientError(f"{where}: temporary server error ({detail})")
-    return StoreError(f"{where}: request failed ({detail})")
+        return IntegrityError(f"{where}: the server rejected the checksum (HTTP 400)")
+    if not status:
+        return StoreError(f"{where}: request failed ({type(exc).__name__})")
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return ERRORS.error(where, status=status, op=op, retry_after_s=header_retry_after(headers))
 
 
 def is_emulator_endpoint(url: str) -> bool:
@@ -118,7 +123,7 @@ class GCSStore(SdkStore):
 
     sdk_errors = _SDK_ERRORS
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -134,7 +139,6 @@ class GCSStore(SdkStore):
         multipart_threshold_bytes: int = 16 * MiB,
         part_size_bytes: int = 8 * MiB,
         page_size: int = 1000,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.bucket_name = bucket
@@ -145,7 +149,6 @@ class GCSStore(SdkStore):
             RESUMABLE_QUANTUM, part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
         )
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
         if client is None:
             if anonymous is None:
                 anonymous = endpoint_url is not None and is_emulator_endpoint(endpoint_url)
@@ -311,7 +314,6 @@ def from_config(
         anonymous=anonymous,
         multipart_threshold_bytes=settings.multipart_threshold_bytes,
         part_size_bytes=settings.chunk_size_bytes,
-        retry=RetryPolicy(attempts=settings.max_attempts),
     )
 
 

@@ -23,16 +23,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from worker.errors import (
-    AccessDenied,
     Changed,
     HaulError,
     IntegrityError,
-    NotFound,
     SourceError,
-    TransientError,
 )
 from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop
 from worker.net.pool import FastBody, FastClient, basic_auth
+from worker.net.status import http_status_error
 from worker.stores.base import (
     ObjectInfo,
     SmallDelivery,
@@ -51,19 +49,12 @@ _UNUSUAL = re.compile(r"[^\x21-\x7e]")
 T = TypeVar("T")
 
 
-def _status_error(status: int, url: str) -> HaulError:
-    shown = redact_url(url)
-    if status in (404, 410):
-        return NotFound(f"{shown}: HTTP {status} (not found)")
-    if status in (401, 403):
-        return AccessDenied(f"{shown}: HTTP {status} (access denied)")
-    if status == 412:
-        return Changed(f"{shown} changed while it was being read (HTTP 412)")
-    if status == 416:
-        return IntegrityError(f"{shown}: range not satisfiable (HTTP 416); the object shrank?")
-    if status in (408, 425, 429) or status >= 500:
-        return TransientError(f"{shown}: HTTP {status}")
-    return SourceError(f"{shown}: HTTP {status}")
+def _status_error(
+    status: int, url: str, header: Callable[[str], str | None] | None = None
+) -> HaulError:
+    """The answer ``status`` as a haul error (:mod:`worker.net.status`, the one map)."""
+    retry_after = header("retry-after") if header is not None else None
+    return http_status_error(status, redact_url(url), op="read", retry_after=retry_after)
 
 
 def _iso(http_date: str | None) -> str | None:
@@ -206,7 +197,7 @@ class HttpSource(SourceBase):
             return info, self.read(key, start=0, length=min(length, max(info.size, 0)), pin=info)
         status, header, body, final = self._fast_send(key, {"Range": f"bytes=0-{length - 1}"})
         if body is None and status != 416:
-            raise _status_error(status, key)
+            raise _status_error(status, key, header)
         info = self._info(key, final, status, header)
         if body is None:  # 416: an empty object
             return info, StreamContext(_Empty())
@@ -280,7 +271,7 @@ class HttpSource(SourceBase):
             # Range 0-0 on an empty object.
             size, ranges = 0, False
         else:
-            raise _status_error(status, key)
+            raise _status_error(status, key, header)
         etag = headers.get("etag")
         last_modified = headers.get("last-modified")
         pin = etag if etag and not etag.startswith("W/") else None
@@ -321,7 +312,7 @@ class HttpSource(SourceBase):
             response.close()
             if status == 200:
                 raise SourceError(f"{redact_url(key)}: the server ignored a Range request")
-            raise _status_error(status, key)
+            raise _status_error(status, key, response.headers.get)
         if pin is not None and pin.etag and response.headers.get("etag") not in (None, pin.etag):
             response.close()
             raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")
@@ -343,7 +334,7 @@ class HttpSource(SourceBase):
                 body.close()
             if status == 200:
                 raise SourceError(f"{redact_url(key)}: the server ignored a Range request")
-            raise _status_error(status, key)
+            raise _status_error(status, key, header)
         try:
             if pin is not None and pin.etag and header("etag") not in (None, pin.etag):
                 raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")

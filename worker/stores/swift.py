@@ -44,17 +44,16 @@ from swiftclient.client import Connection
 from swiftclient.exceptions import ClientException
 
 from worker.errors import (
-    AccessDenied,
     AlreadyExists,
-    Changed,
+    HaulError,
     IntegrityError,
     NotFound,
     StoreError,
     TransientError,
 )
+from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
 from worker.settings import Settings, StoreSecrets, SwiftStoreConfig
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
 
@@ -66,24 +65,28 @@ MAX_SEGMENTS = 1000  # Swift's default max_manifest_segments
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+#: Swift answers with statuses only: 422 is a rejected ETag, 498 its rate limiting
+ERRORS = ErrorTable(
+    statuses={
+        **HTTP_STATUSES,
+        422: Rule(IntegrityError, "the server rejected the checksum"),
+        498: Rule(TransientError, "throttled"),
+    }
+)
+
+
+def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place swiftclient/requests exceptions become haul errors (status only)."""
     if isinstance(exc, ClientException):
         status = int(exc.http_status or 0)
-        detail = f"HTTP {status} {exc.http_reason or ''}".strip() if status else "no response"
-        if status == 404:
-            return NotFound(f"{where}: not found ({detail})")
-        if status in (401, 403):
-            return AccessDenied(f"{where}: access denied ({detail})")
-        if status == 412:
-            if op == "create":
-                return AlreadyExists(f"{where}: the object already exists ({detail})")
-            return Changed(f"{where}: the object changed since it was first seen ({detail})")
-        if status == 422:
-            return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-        if status == 0 or status in (408, 429, 498) or status >= 500:
-            return TransientError(f"{where}: temporary failure ({detail})")
-        return StoreError(f"{where}: request failed ({detail})")
+        if not status:
+            return TransientError(f"{where}: temporary failure (no response)")
+        return ERRORS.error(
+            where,
+            status=status,
+            op=op,
+            retry_after_s=header_retry_after(exc.http_response_headers),
+        )
     if isinstance(exc, rexc.RequestException | socket.error):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     return StoreError(f"{where}: {type(exc).__name__}")
@@ -121,7 +124,7 @@ class SwiftStore(SdkStore):
 
     sdk_errors = (ClientException, rexc.RequestException, OSError)
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -137,7 +140,6 @@ class SwiftStore(SdkStore):
         concurrency: int = 8,
         page_size: int = 10_000,
         timeout_s: float = 60.0,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.container = container
@@ -149,7 +151,6 @@ class SwiftStore(SdkStore):
         self.concurrency = max(1, concurrency)
         self.page_size = page_size
         self.timeout_s = timeout_s
-        self.retry = retry or RetryPolicy()
         self._auth = auth
         self._local = _Local()
         self._lock = threading.Lock()
@@ -463,7 +464,6 @@ def from_config(
         part_size_bytes=settings.chunk_size_bytes,
         concurrency=settings.concurrency,
         timeout_s=settings.http_timeout_s,
-        retry=RetryPolicy(attempts=settings.max_attempts),
     )
 
 

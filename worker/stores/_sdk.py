@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from worker.errors import HaulError
 from worker.net.status import Op
@@ -23,7 +23,10 @@ T = TypeVar("T")
 
 class SdkStore(SourceBase):
     #: the SDK's exception classes this backend turns into haul's errors
-    sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        """The SDK's exception classes (a property: the SDK is imported on first use)."""
+        return ()
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         raise NotImplementedError

@@ -29,10 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import AzureError
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
-
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
@@ -120,7 +116,11 @@ def _default_credential() -> Any:
 class AzureStore(SdkStore):
     """One container (and key prefix) of an Azure storage account."""
 
-    sdk_errors = (AzureError,)
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        from azure.core.exceptions import AzureError
+
+        return (AzureError,)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
@@ -156,6 +156,8 @@ class AzureStore(SdkStore):
         }
         if api_version:
             opts["api_version"] = api_version
+        from azure.storage.blob import BlobServiceClient
+
         with self._sdk(""):
             if connection_string:
                 service = BlobServiceClient.from_connection_string(connection_string, **opts)
@@ -212,6 +214,8 @@ class AzureStore(SdkStore):
         if end == start:
             return StreamContext(CountedStream(iter(()), expected=0, what="", guard=self._nothing))
         kwargs: dict[str, Any] = {"offset": start, "length": end - start, "max_concurrency": 1}
+        from azure.core import MatchConditions
+
         if info.version:
             kwargs |= {"etag": info.version, "match_condition": MatchConditions.IfNotModified}
         downloader = self._call(lambda: self._blob(key).download_blob(**kwargs), key, "read")
@@ -242,6 +246,8 @@ class AzureStore(SdkStore):
     # -- Store -------------------------------------------------------------------------------
 
     def create(self, key: str, path: Path, *, size: int, md5: str | None = None) -> None:
+        from azure.storage.blob import ContentSettings
+
         settings = ContentSettings(content_md5=bytearray.fromhex(md5)) if md5 else None
         if size < self.multipart_threshold_bytes:
             self._put_single(key, path, size, settings)
@@ -278,6 +284,9 @@ class AzureStore(SdkStore):
                 list(pool.map(lambda b: self._stage(key, fd, *b), blocks))
         finally:
             os.close(fd)
+        from azure.core import MatchConditions
+        from azure.storage.blob import BlobBlock
+
         block_list = [BlobBlock(block_id=block_id) for block_id, _, _ in blocks]
         self._call(
             lambda: self._blob(key).commit_block_list(

@@ -26,13 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import google.api_core.exceptions as gexc
-import google.auth.exceptions as gauth
-import requests.exceptions as rexc
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
-
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
@@ -52,14 +45,6 @@ from worker.stores.base import ObjectInfo, StreamContext
 MiB = 1024 * 1024
 RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes are multiples of 256 KiB
 
-_SDK_ERRORS = (
-    gexc.GoogleAPIError,
-    gauth.GoogleAuthError,
-    rexc.RequestException,
-    InvalidResponse,
-    DataCorruption,
-)
-
 
 #: GCS answers with statuses only; a 404 under a pinned read means its generation is gone
 ERRORS = ErrorTable(
@@ -76,6 +61,11 @@ ERRORS = ErrorTable(
 
 def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place google/requests exceptions become haul errors (no server text is kept)."""
+    import google.api_core.exceptions as gexc
+    import google.auth.exceptions as gauth
+    import requests.exceptions as rexc
+    from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+
     if isinstance(exc, DataCorruption):
         return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
     if isinstance(exc, gauth.TransportError | rexc.RequestException):
@@ -121,7 +111,20 @@ def _b64_to_hex(value: str) -> str:
 class GCSStore(SdkStore):
     """One bucket (and key prefix) of Google Cloud Storage."""
 
-    sdk_errors = _SDK_ERRORS
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import google.api_core.exceptions as gexc
+        import google.auth.exceptions as gauth
+        import requests.exceptions as rexc
+        from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+
+        return (
+            gexc.GoogleAPIError,
+            gauth.GoogleAuthError,
+            rexc.RequestException,
+            InvalidResponse,
+            DataCorruption,
+        )
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
@@ -159,6 +162,9 @@ class GCSStore(SdkStore):
     def _make_client(
         self, endpoint_url: str | None, project: str | None, *, anonymous: bool
     ) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
         options = {"api_endpoint": endpoint_url} if endpoint_url else None
         with self._sdk(""):
             if anonymous:

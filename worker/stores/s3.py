@@ -31,10 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.exceptions as bce
-from botocore.config import Config
-
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
@@ -150,7 +146,11 @@ def _b64_md5(hex_md5: str) -> str:
 class S3Store(SdkStore):
     """One bucket (and key prefix) of S3 or an S3-compatible service."""
 
-    sdk_errors = (bce.ClientError, bce.BotoCoreError)
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import botocore.exceptions as bce
+
+        return (bce.ClientError, bce.BotoCoreError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
@@ -197,6 +197,9 @@ class S3Store(SdkStore):
         s3_cfg: dict[str, str] = {}
         if endpoint_url and _is_ip_or_localhost(endpoint_url):
             s3_cfg["addressing_style"] = "path"
+        import boto3
+        from botocore.config import Config
+
         config = Config(
             # Presigned URLs too (boto3 would presign with SigV2, which newer regions refuse).
             signature_version="s3v4",

@@ -37,11 +37,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests.exceptions as rexc
-from swiftclient.client import Connection
-from swiftclient.exceptions import ClientException
+if TYPE_CHECKING:
+    from swiftclient.client import Connection
 
 from worker.errors import (
     AlreadyExists,
@@ -77,6 +76,9 @@ ERRORS = ErrorTable(
 
 def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place swiftclient/requests exceptions become haul errors (status only)."""
+    import requests.exceptions as rexc
+    from swiftclient.exceptions import ClientException
+
     if isinstance(exc, ClientException):
         status = int(exc.http_status or 0)
         if not status:
@@ -122,7 +124,12 @@ def _iso(value: str | None) -> str | None:
 class SwiftStore(SdkStore):
     """One container (and key prefix) of an OpenStack Swift account."""
 
-    sdk_errors = (ClientException, rexc.RequestException, OSError)
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import requests.exceptions as rexc
+        from swiftclient.exceptions import ClientException
+
+        return (ClientException, rexc.RequestException, OSError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
@@ -160,6 +167,8 @@ class SwiftStore(SdkStore):
     # -- connections -------------------------------------------------------------------------
 
     def _new_connection(self) -> Connection:
+        from swiftclient.client import Connection
+
         with self._lock:
             if self._storage_url is None:
                 self._authenticate()
@@ -178,6 +187,8 @@ class SwiftStore(SdkStore):
             )
 
     def _authenticate(self) -> None:
+        from swiftclient.client import Connection
+
         conn = Connection(
             authurl=self._auth.auth_url,
             user=self._auth.user,

@@ -16,7 +16,7 @@ import httpx
 
 from worker.errors import ForbiddenAddress, HaulError, IntegrityError, SourceError, TransientError
 from worker.net.guard import resolve
-from worker.urls import redact_url
+from worker.net.redact import redact_url
 
 HttpxResponse = httpx.Response
 

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from worker.errors import HaulError, SourceError, TransientError
 from worker.net.guard import resolve
-from worker.urls import redact_url
+from worker.net.redact import redact_url
 
 # Large receive buffers cut the number of wake-ups per GiB on fast links.
 _RCVBUF = 4 * 1024 * 1024

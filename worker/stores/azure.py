@@ -27,7 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from worker.errors import (
     AccessDenied,
@@ -40,10 +43,13 @@ from worker.errors import (
     TransientError,
 )
 from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
-from worker.settings import AzureStoreConfig, Settings, StoreSecrets
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +336,16 @@ class AzureStore(SdkStore):
         self._service.close()
 
 
+class AzureStoreConfig(StoreConfigBase):
+    type: Literal["azure"]
+    container: Annotated[str, Field(min_length=3, max_length=63)]
+    account_url: str | None = None
+    prefix: str = ""
+    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
+
+
 def from_config(
-    name: str, cfg: AzureStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: AzureStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> AzureStore:
     """The connection string from ``secrets`` (captured from ``connection_string_env``), else
     ``account_url`` with Azure's default credential chain."""
@@ -341,10 +355,52 @@ def from_config(
         prefix=cfg.prefix,
         connection_string=secrets.get("connection_string"),
         account_url=cfg.account_url,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=settings.chunk_size_bytes,
-        concurrency=settings.concurrency,
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=tuning.part_size_bytes,
+        concurrency=tuning.concurrency,
     )
 
 
-__all__ = ["AzureStore", "from_config"]
+def azure_account(cfg: AzureStoreConfig, secrets: StoreSecrets) -> str | None:
+    """The storage account of an Azure store: from account_url, else the connection string."""
+    if cfg.account_url:
+        parts = urlsplit(cfg.account_url)
+        host = parts.hostname or ""
+        if host.endswith(".blob.core.windows.net"):
+            return host.split(".", 1)[0]
+        # Emulators put the account in the path: http://127.0.0.1:10000/devstoreaccount1
+        first = parts.path.strip("/").split("/", 1)[0]
+        return first or host.split(".", 1)[0]
+    conn = secrets.get("connection_string")
+    if conn:
+        fields = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+        return fields.get("AccountName")
+    return None
+
+
+def _owns(cfg: AzureStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (azure_account(cfg, secrets), cfg.container)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    account, container = url.location
+    return AzureStoreConfig(
+        type="azure", account_url=f"https://{account}.blob.core.windows.net", container=container
+    )
+
+
+STORE_TYPE = StoreType(
+    name="azure",
+    scheme="azure",
+    url_form="azure://account/container/blob",
+    location_parts=2,
+    config=AzureStoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="azure",
+    sdk_module="azure.storage.blob",
+    secret_env=lambda cfg: {"connection_string": cfg.connection_string_env},
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "AzureStore", "AzureStoreConfig", "from_config"]

@@ -23,8 +23,10 @@ import ipaddress
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from worker.errors import (
     AccessDenied,
@@ -37,10 +39,13 @@ from worker.errors import (
     TransientError,
 )
 from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
-from worker.settings import GCSStoreConfig, Settings, StoreSecrets
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 MiB = 1024 * 1024
 RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes are multiples of 256 KiB
@@ -302,8 +307,16 @@ class GCSStore(SdkStore):
         self._client.close()
 
 
+class GCSStoreConfig(StoreConfigBase):
+    type: Literal["gcs"]
+    bucket: Annotated[str, Field(min_length=3, max_length=222)]
+    prefix: str = ""
+    endpoint_url: str | None = None
+    project: str | None = None
+
+
 def from_config(
-    name: str, cfg: GCSStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: GCSStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> GCSStore:
     """``endpoint_url`` from the config, else an emulator host captured into the store's secrets
     (``storage_emulator_host``); without either, Application Default Credentials."""
@@ -318,9 +331,32 @@ def from_config(
         endpoint_url=endpoint,
         project=cfg.project,
         anonymous=anonymous,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=settings.chunk_size_bytes,
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=tuning.part_size_bytes,
     )
 
 
-__all__ = ["GCSStore", "from_config"]
+def _owns(cfg: GCSStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (cfg.bucket,)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    return GCSStoreConfig(type="gcs", bucket=url.location[0])
+
+
+STORE_TYPE = StoreType(
+    name="gcs",
+    scheme="gs",
+    url_form="gs://bucket/key",
+    location_parts=1,
+    config=GCSStoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="gcs",
+    sdk_module="google.cloud.storage",
+    # The SDK honours it too; captured so the store sees it without reading the environment.
+    secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "GCSStore", "GCSStoreConfig", "from_config"]

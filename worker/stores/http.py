@@ -30,6 +30,7 @@ from worker.errors import (
 )
 from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop
 from worker.net.pool import FastBody, FastClient, basic_auth
+from worker.net.redact import redact_url
 from worker.net.status import http_status_error
 from worker.stores.base import (
     ObjectInfo,
@@ -38,7 +39,6 @@ from worker.stores.base import (
     SourceBase,
     StreamContext,
 )
-from worker.urls import redact_url
 
 if TYPE_CHECKING:
     from worker.net.httpx_client import HttpxClient, HttpxResponse

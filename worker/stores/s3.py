@@ -28,8 +28,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
+
+from pydantic import Field
 
 from worker.errors import (
     AccessDenied,
@@ -50,10 +52,13 @@ from worker.net.status import (
     header_retry_after,
     parse_retry_after,
 )
-from worker.settings import S3StoreConfig, Settings, StoreSecrets
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 log = logging.getLogger(__name__)
 
@@ -562,8 +567,19 @@ def _empty_stream() -> _EmptyStream:
     return _EmptyStream()
 
 
+class S3StoreConfig(StoreConfigBase):
+    type: Literal["s3"]
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    #: ranged reads through presigned URLs and http.client (no proxy); false: boto3 for all
+    fast_reads: bool = True
+
+
 def from_config(
-    name: str, cfg: S3StoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: S3StoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> S3Store:
     """Credentials come from boto3's chain (env, shared files with ``profile``, instance role)."""
     return S3Store(
@@ -573,13 +589,34 @@ def from_config(
         endpoint_url=cfg.endpoint_url,
         region=cfg.region,
         profile=cfg.profile,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=max(MIN_PART_BYTES, settings.chunk_size_bytes),
-        concurrency=settings.concurrency,
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=max(MIN_PART_BYTES, tuning.part_size_bytes),
+        concurrency=tuning.concurrency,
         # The fast path connects directly; where boto3 would go through a proxy, it does not.
-        fast_reads=cfg.fast_reads and not settings.proxy_in_env,
-        timeout_s=settings.http_timeout_s,
+        fast_reads=cfg.fast_reads and not tuning.proxy_in_env,
+        timeout_s=tuning.timeout_s,
     )
 
 
-__all__ = ["S3Store", "from_config"]
+def _owns(cfg: S3StoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (cfg.bucket,)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    return S3StoreConfig(type="s3", bucket=url.location[0])
+
+
+STORE_TYPE = StoreType(
+    name="s3",
+    scheme="s3",
+    url_form="s3://bucket/key",
+    location_parts=1,
+    config=S3StoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="s3",
+    sdk_module="boto3",
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "S3Store", "S3StoreConfig", "from_config"]

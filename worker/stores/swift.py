@@ -37,10 +37,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 if TYPE_CHECKING:
     from swiftclient.client import Connection
+
+from pydantic import Field
 
 from worker.errors import (
     AlreadyExists,
@@ -49,12 +51,16 @@ from worker.errors import (
     NotFound,
     StoreError,
     TransientError,
+    UnsupportedURL,
 )
 from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
-from worker.settings import Settings, StoreSecrets, SwiftStoreConfig
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 log = logging.getLogger(__name__)
 
@@ -439,8 +445,19 @@ class SwiftStore(SdkStore):
             self._local.conn = None
 
 
+class SwiftStoreConfig(StoreConfigBase):
+    type: Literal["swift"]
+    auth_url: str
+    auth_version: Literal["1.0", "3"] = "1.0"
+    project: str
+    container: Annotated[str, Field(min_length=1, max_length=256)]
+    prefix: str = ""
+    user_env: str = "ST_USER"
+    key_env: str = "ST_KEY"
+
+
 def from_config(
-    name: str, cfg: SwiftStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: SwiftStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> SwiftStore:
     """v1: ``user``/``key`` secrets (from ``user_env``/``key_env``); v3: the ``os_*`` secrets."""
     if cfg.auth_version == "3":
@@ -471,11 +488,51 @@ def from_config(
         auth,
         project=cfg.project,
         prefix=cfg.prefix,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=settings.chunk_size_bytes,
-        concurrency=settings.concurrency,
-        timeout_s=settings.http_timeout_s,
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=tuning.part_size_bytes,
+        concurrency=tuning.concurrency,
+        timeout_s=tuning.timeout_s,
     )
 
 
-__all__ = ["SwiftAuth", "SwiftStore", "from_config"]
+_KEYSTONE_ENV = (
+    "OS_USERNAME",
+    "OS_PASSWORD",
+    "OS_USER_DOMAIN_NAME",
+    "OS_PROJECT_DOMAIN_NAME",
+    "OS_PROJECT_NAME",
+    "OS_REGION_NAME",
+)
+
+
+def _secret_env(cfg: SwiftStoreConfig) -> dict[str, str]:
+    return {"user": cfg.user_env, "key": cfg.key_env} | {v.lower(): v for v in _KEYSTONE_ENV}
+
+
+def _owns(cfg: SwiftStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (cfg.project, cfg.container)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    project, container = url.location
+    raise UnsupportedURL(
+        f"swift://{project}/{container}/... needs a declared swift store for that project and "
+        "container (Swift has no default endpoint to fall back to)"
+    )
+
+
+STORE_TYPE = StoreType(
+    name="swift",
+    scheme="swift",
+    url_form="swift://project/container/object",
+    location_parts=2,
+    config=SwiftStoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="swift",
+    sdk_module="swiftclient",
+    secret_env=_secret_env,
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "SwiftAuth", "SwiftStore", "SwiftStoreConfig", "from_config"]

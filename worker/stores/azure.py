@@ -11,9 +11,9 @@
   file's md5 set as the blob's Content-MD5. Azure answers 409 BlobAlreadyExists (not 412):
   :class:`~worker.errors.AlreadyExists`.
 
-The SDK's retry policy is switched off; transient errors are retried by
-:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`
-only, from the status and error code: Azure's error *messages* can quote the request signature.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@
 - An ``endpoint_url`` on loopback (an emulator) uses anonymous credentials; without one the SDK
   finds Application Default Credentials and honours ``STORAGE_EMULATOR_HOST`` itself.
 
-The SDK's retries are switched off (``retry=None``); transient errors are retried by
-:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations

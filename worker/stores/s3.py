@@ -11,9 +11,9 @@
   :class:`~worker.errors.AlreadyExists`.
 - ``delete`` removes every version (and delete marker) of the key in a versioned bucket.
 
-botocore's own retries are switched off; transient errors are retried by
-:func:`worker.stores._retry.call_with_retry` within one budget. SDK exceptions are translated in
-:func:`_translate` only.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@
   not atomic under concurrent writers (eventual consistency); content-addressed keys make a
   double write harmless.
 
-swiftclient's retries are off (``retries=0``); transient errors are retried by
-:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations

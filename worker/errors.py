@@ -118,10 +118,13 @@ class IntegrityError(StoreError):
 
 
 class TransientError(StoreError):
+    """Worth another attempt. ``retry_after_s`` is the server's own wish (``Retry-After``, a
+    throttling answer), which the engine's retry policy honours within its budget."""
+
     code = "transient_error"
     retryable = True
 
-    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str = "", *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         #: how long the server asked us to wait (``Retry-After``); the retry policy honours it
         self.retry_after_s = retry_after_s

@@ -22,10 +22,8 @@ import base64
 import hashlib
 import ipaddress
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -52,6 +50,7 @@ from worker.net.status import (
     header_retry_after,
     parse_retry_after,
 )
+from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
@@ -404,65 +403,42 @@ class S3Store(SdkStore):
         # wastes the transfer. completeMultipartUpload(IfNoneMatch='*') stays the real guard.
         if self._exists(key):
             raise AlreadyExists(f"{self.uri(key)}: the key already exists")
-        part_size = max(self.part_size_bytes, -(-size // MAX_PARTS))
-        parts = [
-            (n + 1, off, min(part_size, size - off))
-            for n, off in enumerate(range(0, size, part_size))
-        ]
         upload_id = self._call(
             lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"],
             key,
         )
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                with ThreadPoolExecutor(
-                    self.concurrency, thread_name_prefix="haul-s3-part"
-                ) as pool:
-                    etags = list(
-                        pool.map(lambda p: self._upload_part(key, upload_id, fd, *p), parts)
-                    )
-            finally:
-                os.close(fd)
-            done = {
-                "Parts": [
-                    {"PartNumber": n, "ETag": e} for (n, _, _), e in zip(parts, etags, strict=True)
-                ]
-            }
+
+        def send(part: Part, data: bytes) -> str:
+            digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # noqa: S324
+            resp = self._call(
+                lambda: self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
+                    Body=data, ContentLength=part.length, ContentMD5=digest,
+                ),
+                key,
+                "create",
+            )  # fmt: skip
+            return str(resp["ETag"])
+
+        def commit(sent: list[tuple[Part, str]]) -> None:
+            done = {"Parts": [{"PartNumber": p.number, "ETag": etag} for p, etag in sent]}
             self._call(
                 lambda: self._client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload=done,
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=done,
                     IfNoneMatch="*",
                 ),
                 key,
                 "create",
-            )
-        except BaseException:
-            self._abort(key, upload_id)
-            raise
+            )  # fmt: skip
+
+        parts = plan_parts(size, self.part_size_bytes, MAX_PARTS)
+        upload_parts(
+            path, parts, send=send, commit=commit, abort=lambda _: self._abort(key, upload_id),
+            concurrency=self.concurrency, what=self.uri(key), thread_name="haul-s3-part",
+        )  # fmt: skip
         log.debug(
             "s3 multipart upload of %s done in %d parts (md5 %s)", self.uri(key), len(parts), md5
         )
-
-    def _upload_part(
-        self, key: str, upload_id: str, fd: int, number: int, offset: int, length: int
-    ) -> str:
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise IntegrityError(f"{self.uri(key)}: the file changed size while uploading")
-        digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # noqa: S324
-        resp = self._call(
-            lambda: self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=data, ContentLength=length, ContentMD5=digest,
-            ),
-            key,
-            "create",
-        )  # fmt: skip
-        return str(resp["ETag"])
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -45,7 +45,13 @@ from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -140,24 +146,22 @@ class AzureStore(SdkStore):
         account_url: str | None = None,
         credential: Any = None,
         api_version: str | None = None,
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
-        concurrency: int = 8,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 5000,
     ) -> None:
         self.name = name
         self.container = container
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
-        self.part_size_bytes = part_size_bytes
-        self.concurrency = max(1, concurrency)
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
+        self.part_size_bytes = tuning.part_size_bytes
+        self.concurrency = max(1, tuning.concurrency)
         self.page_size = page_size
         opts: dict[str, Any] = {
             "retry_total": 0,
             "max_single_get_size": 32 * MiB,
             "max_chunk_get_size": 32 * MiB,
-            "max_single_put_size": max(multipart_threshold_bytes, 1),
-            "max_block_size": part_size_bytes,
+            "max_single_put_size": max(tuning.multipart_threshold_bytes, 1),
+            "max_block_size": tuning.part_size_bytes,
         }
         if api_version:
             opts["api_version"] = api_version
@@ -348,9 +352,7 @@ def from_config(
         prefix=cfg.prefix,
         connection_string=secrets.get("connection_string"),
         account_url=cfg.account_url,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=tuning.part_size_bytes,
-        concurrency=tuning.concurrency,
+        tuning=tuning,
     )
 
 

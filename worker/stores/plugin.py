@@ -66,6 +66,10 @@ class StoreTuning:
         )
 
 
+#: what a store built without settings uses (tests, ``haul fetch`` of an ad-hoc URL)
+DEFAULT_TUNING = StoreTuning()
+
+
 def _no_secrets(config: Any) -> Mapping[str, str]:
     return {}
 

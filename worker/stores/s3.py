@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -54,7 +55,13 @@ from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -169,26 +176,23 @@ class S3Store(SdkStore):
         endpoint_url: str | None = None,
         region: str | None = None,
         profile: str | None = None,
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
-        concurrency: int = 8,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 1000,
         fast_reads: bool = True,
-        timeout_s: float = 60.0,
     ) -> None:
-        if part_size_bytes < MIN_PART_BYTES:
+        if tuning.part_size_bytes < MIN_PART_BYTES:
             raise ValueError(f"part_size_bytes must be >= {MIN_PART_BYTES} (S3's minimum)")
         self.name = name
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
-        self.part_size_bytes = part_size_bytes
-        self.concurrency = max(1, concurrency)
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
+        self.part_size_bytes = tuning.part_size_bytes
+        self.concurrency = max(1, tuning.concurrency)
         self.page_size = page_size
         self._versioned: bool | None = None
         self._fast_reads = fast_reads and client is None
         self._fast_proven = False
-        self._timeout_s = timeout_s
+        self._timeout_s = tuning.timeout_s
         self._fast: PresignedRangeReader | None = None
         self._fast_lock = threading.Lock()
         self._client = (
@@ -565,12 +569,9 @@ def from_config(
         endpoint_url=cfg.endpoint_url,
         region=cfg.region,
         profile=cfg.profile,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=max(MIN_PART_BYTES, tuning.part_size_bytes),
-        concurrency=tuning.concurrency,
+        tuning=replace(tuning, part_size_bytes=max(MIN_PART_BYTES, tuning.part_size_bytes)),
         # The fast path connects directly; where boto3 would go through a proxy, it does not.
         fast_reads=cfg.fast_reads and not tuning.proxy_in_env,
-        timeout_s=tuning.timeout_s,
     )
 
 

@@ -57,7 +57,13 @@ from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -148,22 +154,19 @@ class SwiftStore(SdkStore):
         *,
         project: str | None = None,
         prefix: str = "",
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
-        concurrency: int = 8,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 10_000,
-        timeout_s: float = 60.0,
     ) -> None:
         self.name = name
         self.container = container
         self.segment_container = f"{container}_segments"
         self.project = project
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
-        self.part_size_bytes = part_size_bytes
-        self.concurrency = max(1, concurrency)
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
+        self.part_size_bytes = tuning.part_size_bytes
+        self.concurrency = max(1, tuning.concurrency)
         self.page_size = page_size
-        self.timeout_s = timeout_s
+        self.timeout_s = tuning.timeout_s
         self._auth = auth
         self._local = _Local()
         self._lock = threading.Lock()
@@ -478,10 +481,7 @@ def from_config(
         auth,
         project=cfg.project,
         prefix=cfg.prefix,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=tuning.part_size_bytes,
-        concurrency=tuning.concurrency,
-        timeout_s=tuning.timeout_s,
+        tuning=tuning,
     )
 
 

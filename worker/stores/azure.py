@@ -394,6 +394,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="azure",
     sdk_module="azure.storage.blob",
+    loggers=("azure",),
     secret_env=lambda cfg: {"connection_string": cfg.connection_string_env},
     adhoc=_adhoc,
 )

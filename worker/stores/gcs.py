@@ -359,6 +359,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="gcs",
     sdk_module="google.cloud.storage",
+    loggers=("google",),
     # The SDK honours it too; captured so the store sees it without reading the environment.
     secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
     adhoc=_adhoc,

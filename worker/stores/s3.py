@@ -593,6 +593,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="s3",
     sdk_module="boto3",
+    loggers=("boto3", "botocore"),
     adhoc=_adhoc,
 )
 

@@ -521,6 +521,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="swift",
     sdk_module="swiftclient",
+    loggers=("swiftclient",),
     secret_env=_secret_env,
     adhoc=_adhoc,
 )

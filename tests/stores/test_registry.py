@@ -104,3 +104,16 @@ def test_undeclared_containers_follow_the_type() -> None:
         registry.adhoc_config(parse_input_url("swift://proj/box/k"))
     with pytest.raises(UnsupportedURL, match="declared local stores"):
         registry.adhoc_config(parse_input_url("file:///etc/passwd"))
+
+
+def test_every_extra_is_declared_in_pyproject() -> None:
+    """The extra a descriptor tells people to install exists, and ``all`` brings it."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    for kind in TYPES:
+        if kind.extra is not None:
+            assert kind.extra in extras, kind.name
+            assert kind.extra in extras["all"][0], kind.name

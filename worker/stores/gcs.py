@@ -43,7 +43,13 @@ from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -145,17 +151,16 @@ class GCSStore(SdkStore):
         endpoint_url: str | None = None,
         project: str | None = None,
         anonymous: bool | None = None,
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 1000,
     ) -> None:
         self.name = name
         self.bucket_name = bucket
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
         # resumable chunks must be multiples of 256 KiB
         self.part_size_bytes = max(
-            RESUMABLE_QUANTUM, part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
+            RESUMABLE_QUANTUM, tuning.part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
         )
         self.page_size = page_size
         if client is None:
@@ -332,8 +337,7 @@ def from_config(
         endpoint_url=endpoint,
         project=cfg.project,
         anonymous=anonymous,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=tuning.part_size_bytes,
+        tuning=tuning,
     )
 
 
@@ -355,6 +359,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="gcs",
     sdk_module="google.cloud.storage",
+    loggers=("google",),
     # The SDK honours it too; captured so the store sees it without reading the environment.
     secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
     adhoc=_adhoc,

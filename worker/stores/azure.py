@@ -135,6 +135,7 @@ class AzureStore(SdkStore):
         concurrency: int = 8,
         page_size: int = 5000,
         retry: RetryPolicy | None = None,
+        timeout_s: float = 60.0,
     ) -> None:
         self.name = name
         self.container = container
@@ -146,6 +147,9 @@ class AzureStore(SdkStore):
         self.retry = retry or RetryPolicy()
         opts: dict[str, Any] = {
             "retry_total": 0,
+            # http_timeout_s, not azure-core's 300 s read timeout: a stall is a retried timeout
+            "connection_timeout": min(timeout_s, 15.0),
+            "read_timeout": timeout_s,
             "max_single_get_size": 32 * MiB,
             "max_chunk_get_size": 32 * MiB,
             "max_single_put_size": max(multipart_threshold_bytes, 1),
@@ -333,6 +337,7 @@ def from_config(
         part_size_bytes=settings.chunk_size_bytes,
         concurrency=settings.concurrency,
         retry=RetryPolicy(attempts=settings.max_attempts),
+        timeout_s=settings.http_timeout_s,
     )
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import requests.exceptions as rexc
+import urllib3.exceptions as u3exc
 from swiftclient.client import Connection
 from swiftclient.exceptions import ClientException
 
@@ -84,7 +85,7 @@ def _translate(exc: Exception, where: str, op: Op) -> StoreError:
         if status == 0 or status in (408, 429, 498) or status >= 500:
             return TransientError(f"{where}: temporary failure ({detail})")
         return StoreError(f"{where}: request failed ({detail})")
-    if isinstance(exc, rexc.RequestException | socket.error):
+    if isinstance(exc, rexc.RequestException | u3exc.HTTPError | socket.error):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     return StoreError(f"{where}: {type(exc).__name__}")
 
@@ -119,7 +120,8 @@ def _iso(value: str | None) -> str | None:
 class SwiftStore(SdkStore):
     """One container (and key prefix) of an OpenStack Swift account."""
 
-    sdk_errors = (ClientException, rexc.RequestException, OSError)
+    # a body cut short reaches the reader as urllib3's ProtocolError, not wrapped by requests
+    sdk_errors = (ClientException, rexc.RequestException, u3exc.HTTPError, OSError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
         return _translate(exc, where, op)

@@ -10,6 +10,7 @@ what haul wrote.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ CHUNK_BYTES = 64 * KiB
 THRESHOLD_BYTES = 128 * KiB
 MAX_ATTEMPTS = 3
 #: short enough that a stall costs little, long enough for a busy 2-core machine
-HTTP_TIMEOUT_S = 3.0
+HTTP_TIMEOUT_S = 2.0
 #: how long a stalled answer is held back: well past the read timeout
 STALL_S = 3 * HTTP_TIMEOUT_S
 
@@ -50,7 +51,6 @@ FAULT_ENV = {
     "HAUL_CONCURRENCY": "2",
     "HAUL_CACHE_ENABLED": "false",
     "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
-    f"HAUL_PROJECTS__{PROJECT.upper()}__STORE": "lake",
 }
 
 
@@ -103,60 +103,75 @@ class HttpBucket(Bucket):
 
 @dataclass
 class Faulty:
-    """A worker, the bucket behind its store and the proxy in between."""
+    """One store kind of the module's worker: its bucket, the proxy in front of its server and
+    the project whose outputs go to it."""
 
     kind: str
     lake: Lake
     bucket: Bucket
     proxy: FaultProxy
 
+    @property
+    def project(self) -> str:
+        return f"{PROJECT}{self.kind}"
+
     def stored(self, key: str) -> bytes | None:
         """The bytes at ``key`` of the store, read directly (None: absent)."""
         return self.bucket.get(key) if self.bucket.exists(key) else None
 
+    def output_key(self, data: bytes, name: str) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        return f"{PREFIX}/data/{self.project}/{sha[:2]}/{sha}/{name}"
 
-def output_key(data: bytes, name: str) -> str:
-    sha = hashlib.sha256(data).hexdigest()
-    return f"{PREFIX}/data/{PROJECT}/{sha[:2]}/{sha}/{name}"
 
-
-@pytest.fixture(scope="module", params=ALL_KINDS)
-def faulty(
+@pytest.fixture(scope="module")
+def world(
     request: pytest.FixtureRequest,
     redis_srv: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Faulty]:
-    kind = request.param
-    data_dir = tmp_path_factory.mktemp(f"faults-{kind}")
-    if kind == "http":
-        root = tmp_path_factory.mktemp("www")
-        # http is a source only: outputs go to a local folder (no network, nothing to fault)
-        store = tmp_path_factory.mktemp("local-store")
-        with serve(root) as srv, fault_proxy(srv.base_url, flavour="http", stall_s=STALL_S) as px:
-            bucket = HttpBucket(root, px.url)
-            env = FAULT_ENV | {
-                "HAUL_STORES__LAKE__TYPE": "local",
-                "HAUL_STORES__LAKE__PATH": str(store),
-            }
-            with running_lake(redis_srv, data_dir, {}, env) as lake:
-                yield Faulty(kind, lake, bucket, px)
-        return
-    bucket = open_bucket(kind, request)
-    try:
-        with fault_proxy(bucket.base, flavour=kind, stall_s=STALL_S) as px:
-            bucket.route_via(px.url)
-            with running_lake(redis_srv, data_dir, {"lake": bucket}, FAULT_ENV) as lake:
-                yield Faulty(kind, lake, bucket, px)
-    finally:
-        bucket.close()
+) -> Iterator[dict[str, Faulty]]:
+    """One worker for the module that knows a store per cloud kind (``s3``, ``azure``, ``gcs``,
+    ``swift``, each behind its own proxy) and reads http inputs through a fifth proxy; the
+    project ``<PROJECT><kind>`` keeps its outputs in the store of that kind. One worker, not
+    five: a worker start costs seconds on a busy machine."""
+    with contextlib.ExitStack() as stack:
+        buckets: dict[str, Bucket] = {}
+        proxies: dict[str, FaultProxy] = {}
+        for kind in KINDS:
+            bucket = open_bucket(kind, request)
+            stack.callback(bucket.close)
+            proxies[kind] = stack.enter_context(
+                fault_proxy(bucket.base, flavour=kind, stall_s=STALL_S)
+            )
+            bucket.route_via(proxies[kind].url)
+            buckets[kind] = bucket
+        www = stack.enter_context(serve(tmp_path_factory.mktemp("www")))
+        proxies["http"] = stack.enter_context(
+            fault_proxy(www.base_url, flavour="http", stall_s=STALL_S)
+        )
+        http_bucket = HttpBucket(www.root, proxies["http"].url)
+        # http is a source only: its project's outputs go to a local folder (nothing to fault)
+        env = FAULT_ENV | {
+            "HAUL_STORES__LOCAL__TYPE": "local",
+            "HAUL_STORES__LOCAL__PATH": str(tmp_path_factory.mktemp("local-store")),
+            f"HAUL_PROJECTS__{PROJECT.upper()}HTTP__STORE": "local",
+        }
+        for kind in KINDS:
+            env[f"HAUL_PROJECTS__{PROJECT.upper()}{kind.upper()}__STORE"] = kind
+        lake = stack.enter_context(
+            running_lake(redis_srv, tmp_path_factory.mktemp("faults"), buckets, env)
+        )
+        everything = {**buckets, "http": http_bucket}
+        yield {k: Faulty(k, lake, everything[k], proxies[k]) for k in ALL_KINDS}
 
 
-@pytest.fixture
-def proxy(faulty: Faulty) -> Iterator[FaultProxy]:
-    """The module's proxy, with no rules, plan or records left from an earlier test."""
-    faulty.proxy.reset()
-    yield faulty.proxy
-    faulty.proxy.reset()
+@pytest.fixture(params=ALL_KINDS)
+def faulty(request: pytest.FixtureRequest, world: dict[str, Faulty]) -> Iterator[Faulty]:
+    """One store kind, its proxy with no rules, plan or records left from an earlier test."""
+    one = world[request.param]
+    one.proxy.reset()
+    yield one
+    one.proxy.reset()
 
 
 def random_bytes(n: int) -> bytes:

@@ -20,8 +20,13 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_stores.conftest import PREFIX, PROJECT, sums, tag
-from tests.faults.conftest import MAX_ATTEMPTS, Faulty, output_key, random_bytes
+from tests.e2e_stores.conftest import PREFIX, sums, tag
+from tests.faults.conftest import (
+    MAX_ATTEMPTS,
+    THRESHOLD_BYTES,
+    Faulty,
+    random_bytes,
+)
 from tests.integration.conftest import new_id
 from tests.support.faultproxy import ALL_RANDOM, Fault, FaultProxy
 
@@ -39,11 +44,13 @@ WRITE_FAULTS = (
     Fault.STALL,
 )
 WRITE_METHODS = ("PUT", "POST")
+#: the 10 % plan's seed per store kind
+SEEDS = {"s3": 11, "azure": 12, "gcs": 13, "swift": 14, "http": 15}
 
 
 def _prepare(faulty: Faulty, inputs: list[dict[str, Any]]) -> tuple[str, str, Any]:
     eid = new_id("fault")
-    message = {"execution_id": eid, "project_id": PROJECT, "inputs": inputs}
+    message = {"execution_id": eid, "project_id": faulty.project, "inputs": inputs}
     state, summary = faulty.lake.run("haul.prepare_inputs", message, timeout=180)
     return eid, state, summary
 
@@ -52,7 +59,7 @@ def _store(faulty: Faulty, eid: str, files: Mapping[str, bytes]) -> tuple[str, A
     out = faulty.lake.outputs(eid)
     for name, data in files.items():
         (out / name).write_bytes(data)
-    message = {"execution_id": eid, "project_id": PROJECT}
+    message = {"execution_id": eid, "project_id": faulty.project}
     return faulty.lake.run("haul.store_outputs", message, timeout=180)
 
 
@@ -96,8 +103,8 @@ def _check_outputs(faulty: Faulty, eid: str, state: str, files: Mapping[str, byt
     """Every object under the project's data prefix is one whole output at its own key; every
     datum record names such an object; a failure has its event with a code."""
     lake = faulty.lake
-    names = {output_key(data, name): data for name, data in files.items()}
-    for key in faulty.bucket.keys(f"{PREFIX}/data/{PROJECT}/"):
+    names = {faulty.output_key(data, name): data for name, data in files.items()}
+    for key in faulty.bucket.keys(f"{PREFIX}/data/{faulty.project}/"):
         if key in names:
             assert faulty.stored(key) == names[key], f"{key}: not the output's bytes"
     stored = lake.events(eid, "haul.outputs.stored")
@@ -105,7 +112,7 @@ def _check_outputs(faulty: Faulty, eid: str, state: str, files: Mapping[str, byt
     for ev in lake.events(eid, "haul.output.stored"):
         data = ev["data"]
         assert faulty.stored(data["key"]) == names[data["key"]]
-        record = faulty.stored(f"{PREFIX}/datums/{PROJECT}/{data['datum_id']}.json")
+        record = faulty.stored(f"{PREFIX}/datums/{faulty.project}/{data['datum_id']}.json")
         assert record is not None and json.loads(record)["sha256"] == data["sha256"]
     if state == "SUCCESS":
         assert stored and not failed, (failed, lake.haul.log_tail())
@@ -122,9 +129,7 @@ def _applied(proxy: FaultProxy, key: str, fault: Fault) -> list[Any]:
     return [r for r in proxy.records(key) if r.fault is fault]
 
 
-def test_each_fault_once_on_a_ranged_read_still_gives_the_true_bytes(
-    faulty: Faulty, proxy: FaultProxy
-) -> None:
+def test_each_fault_once_on_a_ranged_read_still_gives_the_true_bytes(faulty: Faulty) -> None:
     """One execution, one input per fault kind; each object's first ranged GET meets its fault
     (the HTTP kind: the small-object lane's probe and the first ordinary read). Every file
     ends with its true bytes (the replaced one: with the new version's, whole), the fault was
@@ -140,8 +145,8 @@ def test_each_fault_once_on_a_ranged_read_still_gives_the_true_bytes(
         want = data
         if fault is Fault.REPLACE:
             want = random_bytes(210 * KiB)
-            proxy.replace_on_read(key, lambda k=key, d=want: faulty.bucket.put(k, d))
-        proxy.force(fault, key=key, methods=["GET"], ranged=True, times=times)
+            faulty.proxy.replace_on_read(key, lambda k=key, d=want: faulty.bucket.put(k, d))
+        faulty.proxy.force(fault, key=key, methods=["GET"], ranged=True, times=times)
         expected[f"{fault.value}/{fault.value}.bin"] = {want}
         inputs.append({"name": fault.value, "urls": [faulty.bucket.url(key)]})
 
@@ -150,45 +155,42 @@ def test_each_fault_once_on_a_ranged_read_still_gives_the_true_bytes(
     _check_inputs(faulty, eid, state, expected)
     for fault in ALL_RANDOM:
         key = f"{folder}/{fault.value}.bin"
-        hits = _applied(proxy, key, fault)
-        assert hits, f"{fault}: never applied to {key}: {proxy.records(key)}"
+        hits = _applied(faulty.proxy, key, fault)
+        assert hits, f"{fault}: never applied to {key}: {faulty.proxy.records(key)}"
         if fault is Fault.STALL:
             assert all(r.client_gave_up for r in hits), "the client waited out the stall"
 
 
 @pytest.mark.parametrize("faulty", ["s3", "azure", "gcs", "swift"], indirect=True)
-def test_each_fault_once_on_a_write_still_stores_each_output_once(
-    faulty: Faulty, proxy: FaultProxy
-) -> None:
+def test_each_fault_once_on_a_write_still_stores_each_output_once(faulty: Faulty) -> None:
     """One store_outputs, one output per fault its first write request meets (a reset after
     the server committed it too: the retry finds its own content and keeps it). Every output
     is stored whole at its key with its datum record, and the fault was really applied."""
     eid = new_id("fault")
     files = {f"{f.value}.bin": random_bytes(3 * KiB + n) for n, f in enumerate(WRITE_FAULTS)}
     for fault in WRITE_FAULTS:
-        key = output_key(files[f"{fault.value}.bin"], f"{fault.value}.bin")
-        proxy.force(fault, key=key, methods=WRITE_METHODS, times=1)
+        key = faulty.output_key(files[f"{fault.value}.bin"], f"{fault.value}.bin")
+        faulty.proxy.force(fault, key=key, methods=WRITE_METHODS, times=1)
 
     state, summary = _store(faulty, eid, files)
     assert state == "SUCCESS", (summary, faulty.lake.haul.log_tail())
     _check_outputs(faulty, eid, state, files)
     assert len(summary["datums"]) == len(files)
     for fault in WRITE_FAULTS:
-        key = output_key(files[f"{fault.value}.bin"], f"{fault.value}.bin")
-        hits = _applied(proxy, key, fault)
-        assert hits, f"{fault}: never applied to {key}: {proxy.records(key)}"
+        key = faulty.output_key(files[f"{fault.value}.bin"], f"{fault.value}.bin")
+        hits = _applied(faulty.proxy, key, fault)
+        assert hits, f"{fault}: never applied to {key}: {faulty.proxy.records(key)}"
         if fault is Fault.STALL:
             assert all(r.client_gave_up for r in hits), "the client waited out the stall"
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(
-    faulty: Faulty, proxy: FaultProxy, seed: int
-) -> None:
+def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(faulty: Faulty) -> None:
     """With 10 % of all requests faulted (seeded: the same seed gives the same request the
     same fault), inputs of several sizes, a wildcard and an object replaced between ranged
     reads, then outputs: every file and object ends whole and true or the task failed with
-    an event and a code; never a partial or mixed file at a final name."""
+    an event and a code; never a partial or mixed file at a final name. Each store kind has
+    its own seed, so five different fault sequences run."""
+    seed = SEEDS[faulty.kind]
     folder = f"ten-{seed}-{tag()}"
     expected: dict[str, set[bytes]] = {}
     inputs = []
@@ -201,7 +203,7 @@ def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(
     moving_key = f"{folder}/moving.bin"
     old, new = random_bytes(300 * KiB), random_bytes(310 * KiB)
     faulty.bucket.put(moving_key, old)
-    proxy.replace_on_read(moving_key, lambda: faulty.bucket.put(moving_key, new))
+    faulty.proxy.replace_on_read(moving_key, lambda: faulty.bucket.put(moving_key, new))
     expected["moving/moving.bin"] = {old, new}
     inputs.append({"name": "moving", "urls": [faulty.bucket.url(moving_key)]})
     if faulty.kind != "http":  # an http server has no listing to expand a wildcard with
@@ -211,7 +213,7 @@ def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(
             expected[f"tables/{n}.csv"] = {data}
         inputs.append({"name": "tables", "urls": [faulty.bucket.url(f"{folder}/t/*.csv")]})
 
-    proxy.plan(rate=0.1, seed=seed)
+    faulty.proxy.plan(rate=0.1, seed=seed)
     eid, state, _ = _prepare(faulty, inputs)
     _check_inputs(faulty, eid, state, expected)
 
@@ -220,46 +222,56 @@ def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(
         files["big.bin"] = random_bytes(200 * KiB)  # parts where the store uses them
         out_state, _ = _store(faulty, eid, files)
         _check_outputs(faulty, eid, out_state, files)
-    faults = proxy.faults()
+    faults = faulty.proxy.faults()
     assert sum(faults.values()) > 0, "the plan faulted nothing: the test proved nothing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retries nest today (the store's stores/_retry.py inside the engine's "
-    "transfer/retry.py): waits for the single retry owner of issue 11 (branches struct, stores)",
+#: why the count is not exact yet on the cloud stores
+NESTED = (
+    "retries nest today (each cloud store's stores/_retry.py inside the engine's "
+    "transfer/retry.py: max_attempts**2 requests): waits for the single retry owner of "
+    "issue 11 (branches struct and stores)"
 )
+
+
 def test_a_store_answering_503_forever_costs_exactly_max_attempts_requests(
-    faulty: Faulty, proxy: FaultProxy
+    faulty: Faulty, request: pytest.FixtureRequest
 ) -> None:
     """Every request for the object answered 503: the input fails with ``transient_error``
-    after exactly ``max_attempts`` requests for it, and leaves no file."""
+    after exactly ``max_attempts`` requests for it (HTTP: plus the small-object lane's one
+    probe, which hands anything unusual to the ordinary way without retrying), and leaves no
+    file."""
+    if faulty.kind != "http":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NESTED))
     key = f"always-{tag()}/data.bin"
     faulty.bucket.put(key, random_bytes(100 * KiB))
-    proxy.force(Fault.STATUS_503, key=key)
+    faulty.proxy.force(Fault.STATUS_503, key=key)
 
     eid, state, _ = _prepare(faulty, [{"name": "x", "urls": [faulty.bucket.url(key)]}])
     assert state == "FAILURE"
     [failed] = faulty.lake.events(eid, "haul.inputs.failed")
     assert failed["data"]["error"]["code"] == "transient_error", failed
     assert not _files(faulty.lake.exec_dir(eid) / "inputs")
-    assert len(proxy.records(key)) == MAX_ATTEMPTS, [
-        (r.method, r.range) for r in proxy.records(key)
-    ]
+    requests = faulty.proxy.records(key)
+    lane_probe = f"bytes=0-{THRESHOLD_BYTES - 1}"
+    if faulty.kind == "http":
+        assert [r.range for r in requests[:1]] == [lane_probe], requests
+        requests = requests[1:]
+    assert len(requests) == MAX_ATTEMPTS, [(r.method, r.range) for r in requests]
 
 
-def test_the_same_seed_gives_the_same_faults(faulty: Faulty, proxy: FaultProxy) -> None:
-    """Two runs of one input under one seed meet the same faults on the same requests."""
-    if faulty.kind != "http":
-        pytest.skip("one store is enough for reproducibility; http is the quickest")
+@pytest.mark.parametrize("faulty", ["http"], indirect=True)
+def test_the_same_seed_gives_the_same_faults(faulty: Faulty) -> None:
+    """Two runs of one input under one seed meet the same faults on the same requests (one
+    store is enough: the draw does not depend on the backend)."""
     seen = []
     for _ in range(2):
         key = "repro/data.bin"
         faulty.bucket.put(key, hashlib.sha256(b"repro").digest() * 8000)
-        proxy.reset()
-        proxy.plan(rate=0.3, seed=5, kinds=[f for f in ALL_RANDOM if f is not Fault.STALL])
+        faulty.proxy.reset()
+        faulty.proxy.plan(rate=0.3, seed=5, kinds=[f for f in ALL_RANDOM if f is not Fault.STALL])
         _prepare(faulty, [{"name": "x", "urls": [faulty.bucket.url(key)]}])
         # a multiset: parallel ranges may arrive in either order
-        seen.append(Counter((r.method, r.range, r.fault) for r in proxy.records(key)))
+        seen.append(Counter((r.method, r.range, r.fault) for r in faulty.proxy.records(key)))
     assert seen[0] == seen[1]
     assert any(f is not None for _, _, f in seen[0])

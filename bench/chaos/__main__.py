@@ -60,8 +60,14 @@ def _killer(
     chaos: Chaos,
 ) -> None:
     started = time.monotonic()
-    for step in steps:
-        if stop.wait(rnd.uniform(*gap_s)):
+    total = len(orch.executions)
+    for n, step in enumerate(steps, start=1):
+        # Spread the steps over the run: step n waits for n/(len+1) of the outcomes, so every
+        # kill lands while work is left, however fast the executions go.
+        while orch.outcomes() < n * total // (len(steps) + 1):
+            if stop.wait(0.05):
+                return
+        if stop.wait(rnd.uniform(*gap_s)) or orch.finished():
             return
         at = f"{time.monotonic() - started:7.1f}s"
         busy = orch.active() > 0
@@ -196,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--big-mib", type=int, default=8, help="size of the large input and output")
-    p.add_argument("--min-gap-s", type=float, default=0.5, help="shortest pause between kills")
-    p.add_argument("--max-gap-s", type=float, default=3.0, help="longest pause between kills")
+    p.add_argument("--min-gap-s", type=float, default=0.1, help="shortest pause between kills")
+    p.add_argument("--max-gap-s", type=float, default=1.0, help="longest pause between kills")
     p.add_argument("--max-seconds", type=float, default=900.0, help="stop by itself after this")
     p.add_argument("--work-dir", default=None, help="where the scratch folder goes")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")

@@ -71,7 +71,7 @@ def _strip(data: Any) -> Any:
     return data
 
 
-def audit_events(r: redis.Redis, fig: Figures) -> None:
+def audit_events(r: redis.Redis[str], fig: Figures) -> None:
     seen: dict[str, Any] = {}
     counts: Counter[str] = Counter()
     for _id, fields in r.xrange("haul:events"):
@@ -107,7 +107,7 @@ def audit_inputs(data_dir: Path, corpus: Corpus, ex: Execution, fig: Figures) ->
                 fig.conflicting_records.append(f"{log}: {fact!r} written {n} times")
 
 
-def audit_store(store_root: Path, r: redis.Redis, fig: Figures) -> None:
+def audit_store(store_root: Path, r: redis.Redis[str], fig: Figures) -> None:
     """Datum records in the store and in Redis, against the objects they name."""
     by_path: dict[tuple[str, str], set[str]] = defaultdict(set)
     records: dict[str, dict[str, Any]] = {}
@@ -137,9 +137,9 @@ def audit_store(store_root: Path, r: redis.Redis, fig: Figures) -> None:
             fig.conflicting_records.append(f"redis record {datum}: none in the store")
         elif any(store_rec[f] != rec[f] for f in fields):
             fig.conflicting_records.append(f"redis record {datum}: differs from the store's")
-    for (eid, path), ids in sorted(by_path.items()):
+    for (eid, out_path), ids in sorted(by_path.items()):
         if len(ids) > 1:
-            fig.duplicate_datums.append(f"{eid}/{path}: {len(ids)} datums")
+            fig.duplicate_datums.append(f"{eid}/{out_path}: {len(ids)} datums")
 
 
 def audit(

@@ -39,6 +39,8 @@ PROJECT = "chaos"
 #: the small inputs and outputs: name -> size
 SMALL_INPUTS = {"s0.bin": 3_000, "s1.bin": 20_000, "s2.bin": 60_000, "s3.bin": 150_000}
 SMALL_OUTPUTS = {"metrics.json": 400, "model.txt": 30_000, "sample.bin": 90_000}
+#: phases before an outcome
+_OPEN = ("new", "preparing", "storing")
 #: bytes at the head of each output that make it this execution's own
 _HEADER = 64
 
@@ -143,7 +145,7 @@ class Orchestrator:
 
     # -- events ------------------------------------------------------------------------------
 
-    def _follow(self, r: redis.Redis) -> list[dict[str, Any]]:
+    def _follow(self, r: redis.Redis[str]) -> list[dict[str, Any]]:
         got = r.xread({"haul:events": self._last_id}, count=500, block=200)
         events = []
         for _stream, entries in got or []:
@@ -172,8 +174,11 @@ class Orchestrator:
     def active(self) -> int:
         return sum(1 for e in self.executions.values() if e.phase in ("preparing", "storing"))
 
+    def outcomes(self) -> int:
+        return sum(1 for e in self.executions.values() if e.phase not in _OPEN)
+
     def finished(self) -> bool:
-        return all(e.phase not in ("new", "preparing", "storing") for e in self.executions.values())
+        return self.outcomes() == len(self.executions)
 
     def run(self, deadline: float, stop: threading.Event) -> None:
         """Until every execution has its outcome, ``deadline`` passes or ``stop`` is set."""

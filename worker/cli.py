@@ -544,6 +544,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from dashboard.cli import run_web
+
+    return run_web(settings, ["--bind", args.bind] if args.bind else [])
+
+
 # ============================================================================ the parser
 
 
@@ -820,6 +826,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "web",
+        help="run the dashboard: executions, change warnings, datums, URL history",
+        description="Serve the dashboard (contract section 10) on web_bind, fed by the events "
+        "stream through the consumer group web_consumer_group into web_database_url.",
+        epilog="examples:\n  haul web\n  HAUL_WEB_TOKEN=... haul web --bind 0.0.0.0:8750\n",
+        formatter_class=_Formatter,
+    )
+    p.set_defaults(func=cmd_web)
+    p.add_argument("--bind", metavar="HOST:PORT", help="default: web_bind from the settings")
     return parser
 
 

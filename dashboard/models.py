@@ -42,10 +42,18 @@ class Execution(Base):
     status: Mapped[str] = mapped_column(String(32))
     status_time: Mapped[datetime | None] = mapped_column(DateTime)
     status_rank: Mapped[int] = mapped_column(Integer, default=-1)
+    # Running sums of the per-file events, and the totals of the latest summary event
+    # (inputs.ready / outputs.stored), which win once known: events may arrive in any order.
     inputs_files: Mapped[int] = mapped_column(Integer, default=0)
     inputs_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    inputs_total_files: Mapped[int | None] = mapped_column(Integer)
+    inputs_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    inputs_total_time: Mapped[datetime | None] = mapped_column(DateTime)
     outputs_files: Mapped[int] = mapped_column(Integer, default=0)
     outputs_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    outputs_total_files: Mapped[int | None] = mapped_column(Integer)
+    outputs_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    outputs_total_time: Mapped[datetime | None] = mapped_column(DateTime)
     has_warning: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)

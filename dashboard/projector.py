@@ -82,9 +82,9 @@ class _ExecDelta:
     project_id: str | None = None
     status: tuple[datetime, int, str] | None = None
     inputs: list[int] = field(default_factory=lambda: [0, 0])
-    inputs_total: tuple[int, int] | None = None
+    inputs_total: tuple[datetime, int, int] | None = None
     outputs: list[int] = field(default_factory=lambda: [0, 0])
-    outputs_total: tuple[int, int] | None = None
+    outputs_total: tuple[datetime, int, int] | None = None
     warning: bool = False
 
 
@@ -287,14 +287,21 @@ def _merged(row: Any, d: _ExecDelta) -> dict[str, Any]:
         time, rank, status = d.status
         if row.status_time is None or (time, rank) >= (row.status_time, row.status_rank):
             out |= {"status": status, "status_time": time, "status_rank": rank}
-    files, size = d.inputs_total or (row.inputs_files + d.inputs[0], row.inputs_bytes + d.inputs[1])
-    out |= {"inputs_files": files, "inputs_bytes": size}
-    files, size = d.outputs_total or (
-        row.outputs_files + d.outputs[0],
-        row.outputs_bytes + d.outputs[1],
-    )
-    out |= {"outputs_files": files, "outputs_bytes": size}
+    for side in ("inputs", "outputs"):
+        delta: list[int] = getattr(d, side)
+        out[f"{side}_files"] = getattr(row, f"{side}_files") + delta[0]
+        out[f"{side}_bytes"] = getattr(row, f"{side}_bytes") + delta[1]
+        out |= _total(row, side, getattr(d, f"{side}_total"))
     return out
+
+
+def _total(row: Any, side: str, total: tuple[datetime, int, int] | None) -> dict[str, Any]:
+    """The summary of the latest summary event (by time) of one side."""
+    known = getattr(row, f"{side}_total_time")
+    if total is None or (known is not None and known > total[0]):
+        total = (known, getattr(row, f"{side}_total_files"), getattr(row, f"{side}_total_bytes"))
+    time, files, size = total
+    return {f"{side}_total_time": time, f"{side}_total_files": files, f"{side}_total_bytes": size}
 
 
 def _chunks(rows: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> Iterable[list[Any]]:
@@ -349,7 +356,7 @@ def _skipped(b: _Batch, ev: Event) -> None:
 def _inputs_ready(b: _Batch, ev: Event) -> None:
     d = ev.data
     assert isinstance(d, m.InputsReady)
-    b.execution(d.execution_id, ev, d.project_id).inputs_total = (d.files, d.bytes)
+    b.execution(d.execution_id, ev, d.project_id).inputs_total = (ev.time, d.files, d.bytes)
 
 
 def _inputs_failed(b: _Batch, ev: Event) -> None:
@@ -392,7 +399,7 @@ def _output_refused(b: _Batch, ev: Event) -> None:
 def _outputs_stored(b: _Batch, ev: Event) -> None:
     d = ev.data
     assert isinstance(d, m.OutputsStored)
-    b.execution(d.execution_id, ev, d.project_id).outputs_total = (d.files, d.bytes)
+    b.execution(d.execution_id, ev, d.project_id).outputs_total = (ev.time, d.files, d.bytes)
 
 
 def _outputs_failed(b: _Batch, ev: Event) -> None:

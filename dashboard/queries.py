@@ -271,13 +271,24 @@ def _item(row: Any, warns: list[v.Warning], error: v.ErrorInfo | None) -> v.Exec
         execution_id=row.execution_id,
         project_id=row.project_id,
         status=row.status,
-        inputs=v.Counts(files=row.inputs_files, bytes=row.inputs_bytes),
-        outputs=v.Counts(files=row.outputs_files, bytes=row.outputs_bytes),
+        inputs=_counts(
+            row.inputs_total_files, row.inputs_total_bytes, row.inputs_files, row.inputs_bytes
+        ),
+        outputs=_counts(
+            row.outputs_total_files, row.outputs_total_bytes, row.outputs_files, row.outputs_bytes
+        ),
         warnings=warns,
         error=error,
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
     )
+
+
+def _counts(total_files: int | None, total_bytes: int | None, files: int, size: int) -> v.Counts:
+    """The summary event's totals once known, else what the per-file events add up to."""
+    if total_files is not None and total_bytes is not None:
+        return v.Counts(files=total_files, bytes=total_bytes)
+    return v.Counts(files=files, bytes=size)
 
 
 def _warnings(conn: Connection, ids: list[str]) -> dict[str, list[v.Warning]]:

@@ -200,3 +200,13 @@ def test_progress_keeps_the_newest_report(engine: Engine) -> None:
     assert [x.bytes_done for x in Queries(engine).execution("e1").progress] == [50]
     p.project([f.entry(f.ready("e1", "p", 1, 10, at=3))])
     assert Queries(engine).execution("e1").progress == []
+
+
+def test_summary_totals_win_over_per_file_events_in_any_order(engine: Engine) -> None:
+    """inputs.ready's totals are shown even when a download event is projected after it."""
+    p = Projector(engine)
+    p.project([f.entry(f.ready("e1", "p", 2, 20, at=5))])
+    p.project([f.entry(f.downloaded("e1", "p", U, "v1", at=1))])
+    p.project([f.entry(f.downloaded("e1", "p", U + "2", "v2", at=2))])
+    item = Queries(engine).executions().items[0]
+    assert (item.inputs.files, item.inputs.bytes, item.status) == (2, 20, "inputs_ready")

@@ -169,9 +169,7 @@ def _until(check: Any, timeout_s: float = 20.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def test_two_replicas_on_postgresql_count_every_event_once(
-    redis_private: Any, pg_url: str
-) -> None:
+def test_two_replicas_on_postgresql_count_every_event_once(redis_private: Any, pg_url: str) -> None:
     """Two consumers of one group on one PostgreSQL, every event published twice: each
     execution's counts are exact and every event is in the timeline once."""
     from tests.dashboard.conftest import reset_pg
@@ -202,7 +200,5 @@ def test_two_replicas_on_postgresql_count_every_event_once(
     assert all(c.projected > 0 for c in replicas)
     items = Queries(engine).executions(limit=200).items
     assert len(items) == 40
-    assert {(i.inputs.files, i.inputs.bytes, i.status) for i in items} == {
-        (2, 20, "inputs_ready")
-    }
+    assert {(i.inputs.files, i.inputs.bytes, i.status) for i in items} == {(2, 20, "inputs_ready")}
     engine.dispose()

@@ -15,17 +15,21 @@ def run_web(settings: Settings, argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", metavar="HOST:PORT", help="default: web_bind from the settings")
     args = parser.parse_args(argv or [])
 
-    from dashboard.auth import BindRefused
+    from dashboard.auth import check_bind
+
+    bind = args.bind or settings.web_bind
+    try:
+        check_bind(bind, settings.web_token)  # before the heavy imports: refuse at once
+    except ValueError as exc:
+        print(f"haul web: {exc}", file=sys.stderr)
+        return 2
+
     from dashboard.server import build
 
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        server = build(settings, args.bind)
-    except (BindRefused, ValueError) as exc:
-        print(f"haul web: {exc}", file=sys.stderr)
-        return 2
+    server = build(settings, bind)
     shown = f"[{server.host}]" if ":" in server.host else server.host
     print(f"haul web: serving http://{shown}:{server.port}/", file=sys.stderr, flush=True)
     server.serve()

@@ -34,6 +34,7 @@ from worker.errors import (
 from worker.stores._fasthttp import FastBody, FastClient, basic_auth
 from worker.stores._httplane import LaneAnswer, LaneRequest, SmallGetLoop
 from worker.stores.base import (
+    NotModified,
     ObjectInfo,
     SmallDelivery,
     SmallObject,
@@ -219,17 +220,21 @@ class HttpSource(SourceBase):
         *,
         max_connections: int,
         stop: threading.Event | None = None,
+        held: Sequence[str | None] | None = None,
     ) -> None:
         """Fetch objects of at most ``limit`` bytes on one thread (:mod:`._httplane`).
 
         ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
         that key must go the ordinary way instead (not small, not a plain answer, or any
         trouble): nothing is decided here that the ordinary path would decide differently.
+        A key with a ``held`` version (a strong ETag) is asked for with ``If-None-Match``
+        on it: a ``304`` that names that same ETag is delivered as :class:`NotModified`.
         """
         fast = self.fast
         requests: list[LaneRequest] = []
         for index, key in enumerate(keys):
-            request = _lane_request(index, key) if fast is not None else None
+            version = held[index] if held is not None else None
+            request = _lane_request(index, key, version) if fast is not None else None
             if request is None:
                 deliver(index, None)
             else:
@@ -247,7 +252,13 @@ class HttpSource(SourceBase):
         )
 
         def answer(got: LaneAnswer) -> None:
-            info = None if got.body is None else self._small_info(keys[got.token], got)
+            key = keys[got.token]
+            if got.body is not None and got.status == 304:
+                version = held[got.token] if held is not None else None
+                same = _unchanged_info(key, version, got.headers)
+                deliver(got.token, None if same is None else NotModified(same, got.seconds))
+                return
+            info = None if got.body is None else self._small_info(key, got)
             if info is None or got.body is None:
                 deliver(got.token, None)
             else:
@@ -354,9 +365,36 @@ class HttpSource(SourceBase):
         return StreamContext(body)
 
 
-def _lane_request(index: int, key: str) -> LaneRequest | None:
+def _unchanged_info(key: str, held: str | None, headers: dict[str, str]) -> ObjectInfo | None:
+    """The version a ``304`` confirms, or None when it does not confirm ours exactly.
+
+    If-None-Match is compared weakly by servers, so a 304 could also mean "a weak ETag that
+    matches yours"; only a 304 naming our strong ETag as the current one says the bytes are
+    the same (a 304 without an ETag contradicts the 200 that gave us one).
+    """
+    if held is None or headers.get("etag") != held:
+        return None
+    last_modified = headers.get("last-modified")
+    extra = {"final_url": key}
+    if last_modified:
+        extra["last_modified_http"] = last_modified
+    return ObjectInfo(
+        key=key,
+        size=-1,
+        etag=held,
+        version=held,
+        last_modified=_iso(last_modified),
+        checksum_note="none: HTTP servers state no content checksum; size checked",
+        extra=extra,
+    )
+
+
+def _lane_request(index: int, key: str, held: str | None = None) -> LaneRequest | None:
     """The lane's request for ``key``, or None when anything about it is unusual (the ordinary
-    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...)."""
+    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...).
+
+    ``held``: the strong ETag of a copy the caller has, sent as ``If-None-Match``.
+    """
     try:
         parts = urlsplit(key)
         port = parts.port
@@ -373,7 +411,12 @@ def _lane_request(index: int, key: str) -> LaneRequest | None:
     ):
         return None
     port = port or (443 if scheme == "https" else 80)
-    return LaneRequest(index, scheme, host, port, target, basic_auth(key))
+    headers = basic_auth(key)
+    if held is not None:
+        if _UNUSUAL.search(held):
+            return None
+        headers = {**headers, "If-None-Match": held}
+    return LaneRequest(index, scheme, host, port, target, headers, conditional=held is not None)
 
 
 def _check_range(

@@ -136,6 +136,20 @@ class Cache:
         """Whether some version of ``source_id`` is held (not whether it is current)."""
         return (self._entry(source_id) / "meta.json").exists()
 
+    def peek(self, source_id: str) -> CachedEntry | None:
+        """The entry held for ``source_id``, not yet checked against the object (a validator
+        for a conditional request; :meth:`lookup` decides whether it may be used)."""
+        entry = self._entry(source_id)
+        meta = _read_meta(entry)
+        if meta is None or meta.get("source_id") != source_id or meta.get("version") is None:
+            return None
+        try:
+            d = meta["digests"]
+            digests = Digests(d["md5"], d["sha1"], d["sha256"], int(meta["size"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return CachedEntry(entry, digests, str(meta["version"]))
+
     def lookup(self, source_id: str, info: ObjectInfo) -> CachedEntry | None:
         """The entry for ``source_id`` if it holds ``info``'s version, else None (and drop it)."""
         entry = self._entry(source_id)

@@ -18,9 +18,10 @@ from worker.models import PrepareInputs
 from worker.pipeline.prepare import prepare_inputs
 from worker.pipeline.runtime import Runtime
 from worker.settings import load_settings
+from worker.stores.base import ObjectInfo
 from worker.stores.http import HttpSource
 from worker.transfer.batch import BatchResult, download_many
-from worker.transfer.cache import Cache
+from worker.transfer.cache import Cache, CacheBatch
 from worker.transfer.download import source_id
 
 
@@ -223,3 +224,56 @@ def test_executions_with_a_warm_cache_report_cached_inputs_and_real_changes(
     assert [c["path"] for c in result["changed"]] == ["/valohai/inputs/x/f4.bin"]
     dest = runtime.execution_dir("e3") / "inputs" / "x" / "f4.bin"
     assert dest.read_bytes() == b"replaced content"
+
+
+# ------------------------------------------------------------------------ the batch writer
+
+
+def test_a_batch_makes_entries_visible_per_group_and_counts_each_byte_once(
+    tmp_path: Path,
+) -> None:
+    """Entries added through a batch appear at each full group and at close (not before),
+    are found by the ordinary lookup, and the usage file ends exact, evicting the least
+    recently used entries to stay under the limit."""
+    cache = Cache(tmp_path / "cache", max_bytes=4500)
+    body = os.urandom(1000)
+    digests = digests_of(body)
+
+    def info(i: int) -> ObjectInfo:
+        return ObjectInfo(key=f"k{i}", size=len(body), version=f'"v{i}"')
+
+    with CacheBatch(cache, group=2) as batch:
+        batch.add("s0", info(0), body, digests)
+        assert cache.peek("s0") is None  # built, not yet visible
+        batch.add("s1", info(1), body, digests)
+        assert cache.peek("s0") is not None and cache.peek("s1") is not None
+        batch.add("s2", info(2), body, digests)
+        assert cache.peek("s2") is None
+    assert cache.usage_bytes() == 3000
+    hit = cache.lookup("s2", info(2))
+    assert hit is not None and hit.digests == digests and hit.data.read_bytes() == body
+    for name in ("s0", "s1", "s2"):  # s0 oldest, then s1, then s2
+        held = cache.peek(name)
+        assert held is not None
+        stamp = {"s0": 1e9, "s1": 1.5e9, "s2": 2e9}[name]
+        os.utime(held.entry / "meta.json", (stamp, stamp))
+
+    with cache.batch() as batch:
+        batch.add("s3", info(3), body, digests)
+        batch.add("s4", info(4), body, digests)
+    assert cache.usage_bytes() == 4000
+    assert cache.peek("s0") is None  # the least recently used made room
+    assert all(cache.peek(n) is not None for n in ("s1", "s2", "s3", "s4"))
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []  # nothing built is left over
+
+
+def test_read_confirmed_refuses_an_entry_changed_after_it_was_peeked(tmp_path: Path) -> None:
+    """The bytes of a peeked entry are given only while its data file is the one recorded."""
+    cache = Cache(tmp_path / "cache", max_bytes=10**6)
+    body = b"cached bytes"
+    with cache.batch() as batch:
+        batch.add("s", ObjectInfo(key="k", size=len(body), version='"v"'), body, digests_of(body))
+    held = cache.peek("s")
+    assert held is not None and cache.read_confirmed(held) == body
+    (held.entry / "data").write_bytes(b"other bytes!")
+    assert cache.read_confirmed(held) is None

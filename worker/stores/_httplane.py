@@ -141,11 +141,15 @@ class SmallGetLoop:
                     return
                 now = time.monotonic()
                 wait = min(c.deadline for c in self._conns) - now
+                # Every ready socket first (each answered connection sends its next request at
+                # once), then the answers: at a network's latency the answers of all
+                # connections arrive together, and hashing and writing one of them must not
+                # hold back the next requests of the others by a round trip.
                 for key, mask in self._sel.select(max(0.0, min(wait, 0.5))):
                     conn: _Conn = key.data
                     if conn in self._conns:
                         self._event(conn, mask)
-                    self._flush(answer)
+                self._flush(answer)
                 now = time.monotonic()
                 for conn in [c for c in self._conns if c.deadline <= now]:
                     self._fail(conn, "timed out", retry=False)

@@ -30,7 +30,7 @@ from worker.constants import PART_SUFFIX
 from worker.errors import DestinationError, HaulError, IntegrityError
 from worker.hashing import digest_bytes
 from worker.stores.base import NotModified, SmallObject, SmallObjectReader
-from worker.transfer.cache import Cache, CachedEntry
+from worker.transfer.cache import Cache, CacheBatch, CachedEntry
 from worker.transfer.download import Downloaded, drop_leftovers, source_id, verify
 from worker.transfer.place import write_whole
 
@@ -117,6 +117,7 @@ def fetch_small_items(
     have to go the ordinary way."""
     fallback: list[SmallItem] = []
     dirs = _Dirs()
+    keep = cache.batch() if cache is not None else None
 
     def deliver(position: int, got: SmallObject | NotModified | None) -> None:
         item = items[position]
@@ -131,7 +132,7 @@ def fetch_small_items(
                     return
                 done = reused
             else:
-                done = _settle(item, got, cache, dirs)
+                done = _settle(item, got, keep, dirs)
         except IntegrityError as exc:
             log.info("%s: %s; fetching it the ordinary way", item.label, exc)
             fallback.append(item)
@@ -156,36 +157,39 @@ def fetch_small_items(
         )
     finally:
         dirs.close()
+        if keep is not None:
+            keep.close()
     return fallback
 
 
 def _reuse(
     item: SmallItem, got: NotModified, cache: Cache | None, dirs: _Dirs
 ) -> Downloaded | None:
-    """Copy the cached content the server just confirmed; None when it is no longer there."""
+    """Place the cached content the server just confirmed; None when it is no longer there.
+
+    The entry's bytes are read whole (it is small) and placed like a downloaded body; the
+    data file is checked against the identity its entry recorded, since another worker may
+    have replaced or evicted it after it was peeked at.
+    """
     if cache is None or item.held is None:
         return None
-    info = replace(got.info, size=item.held.digests.size)
-    # lookup checks the entry once more (version, size, the data file's identity): another
-    # worker may have replaced or evicted it since it was peeked at.
-    hit = cache.lookup(source_id(item.source, item.key), info)
-    if hit is None:
+    body = cache.read_confirmed(item.held)
+    if body is None:
         return None
     if dirs.has_leftovers(item.dest):
         drop_leftovers(item.dest)
-    dirs.make(item.dest.parent)
-    if not hit.link_to(item.dest):
-        return None
-    return Downloaded(hit.digests, info, got.seconds, cached=True)
+    write_whole(item.dest, body, dir_fd=dirs.fd(item.dest.parent))
+    info = replace(got.info, size=item.held.digests.size)
+    return Downloaded(item.held.digests, info, got.seconds, cached=True)
 
 
-def _settle(item: SmallItem, got: SmallObject, cache: Cache | None, dirs: _Dirs) -> Downloaded:
+def _settle(item: SmallItem, got: SmallObject, keep: CacheBatch | None, dirs: _Dirs) -> Downloaded:
     """Verify, hash and place one whole object, and keep it in the cache."""
     if dirs.has_leftovers(item.dest):
         drop_leftovers(item.dest)
     digests = digest_bytes(got.body)
     verify(got.info, digests, item.label)
     write_whole(item.dest, got.body, dir_fd=dirs.fd(item.dest.parent))
-    if cache is not None:
-        cache.store(source_id(item.source, item.key), got.info, item.dest, digests)
+    if keep is not None:
+        keep.add(source_id(item.source, item.key), got.info, got.body, digests)
     return Downloaded(digests, got.info, got.seconds)

@@ -15,7 +15,8 @@ from tests.engine.test_small_lane import LANE_RANGE, items_for, put_many
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.servers import RedisServer
 from worker.models import PrepareInputs
-from worker.pipeline.prepare import prepare_inputs
+from worker.pipeline.jobs import PREPARE_INPUTS
+from worker.pipeline.protocol import execute
 from worker.pipeline.runtime import Runtime
 from worker.settings import load_settings
 from worker.stores.base import ObjectInfo
@@ -187,15 +188,15 @@ def _events(rt: Runtime, execution: str, kind: str) -> list[dict[str, Any]]:
 def test_executions_with_a_warm_cache_report_cached_inputs_and_real_changes(
     site: TestHTTPServer, runtime: Runtime
 ) -> None:
-    """Through prepare_inputs: a second execution gets every input from the cache with one
+    """Through the prepare_inputs job: a second execution gets every input from the cache with one
     304 each (``cached: true``, the same hashes, no change warning); after one file changes,
     a third gets that file's new bytes in the same answer and a change warning for it alone."""
-    prepare_inputs(runtime, _message(site, "e1"))
+    execute(runtime, PREPARE_INPUTS, _message(site, "e1"))
     first = {d["path"]: d for d in _events(runtime, "e1", "haul.input.downloaded")}
     assert len(first) == 8 and not any(d["cached"] for d in first.values())
 
     site.reset()
-    result = prepare_inputs(runtime, _message(site, "e2"))
+    result = execute(runtime, PREPARE_INPUTS, _message(site, "e2"))
     assert result["changed"] == []
     assert len(site.requests) == 8 and {r.status for r in site.requests} == {304}
     second = {d["path"]: d for d in _events(runtime, "e2", "haul.input.downloaded")}
@@ -209,7 +210,7 @@ def test_executions_with_a_warm_cache_report_cached_inputs_and_real_changes(
 
     site.put_file("/d/f4.bin", b"replaced content")
     site.reset()
-    result = prepare_inputs(runtime, _message(site, "e3"))
+    result = execute(runtime, PREPARE_INPUTS, _message(site, "e3"))
     assert len(site.requests) == 8
     assert sorted(r.status for r in site.requests) == [206] + [304] * 7
     third = {d["path"]: d for d in _events(runtime, "e3", "haul.input.downloaded")}

@@ -16,7 +16,7 @@ sends it through the ordinary path, which has the retries, redirects and error m
 lane never has to be right about anything but the easy case.
 
 The address guard is kept: each connection goes to an address checked by
-:func:`worker.netguard.resolve`. Each connection carries one request at a time (no pipelining);
+:func:`worker.net.guard.resolve`. Each connection carries one request at a time (no pipelining);
 a connection the server closed while idle gets the request again once on a new one.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import selectors
 import socket
 import ssl
@@ -32,10 +33,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from worker.errors import HaulError
-from worker.netguard import resolve
+from worker.net.guard import resolve
+from worker.net.pool import basic_auth
 
+#: characters a request line must not carry as they are (controls, space, non-ASCII)
+_UNUSUAL = re.compile(r"[^\x21-\x7e]")
 _RECV = 256 * 1024
 _MAX_HEAD = 64 * 1024
 #: failed requests after which a host that never answered well leaves the lane
@@ -68,6 +73,36 @@ class LaneAnswer:
     reason: str = ""
     #: from the request's first byte sent (or connect) to its last byte received
     seconds: float = 0.0
+
+
+def lane_request(token: int, url: str, held: str | None = None) -> LaneRequest | None:
+    """The lane's request for ``url``, or None when anything about it is unusual (the ordinary
+    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...).
+
+    ``held``: the strong ETag of a copy the caller has, sent as ``If-None-Match``.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if (
+        scheme not in ("http", "https")
+        or not host
+        or not host.isascii()
+        or _UNUSUAL.search(target + host)
+    ):
+        return None
+    port = port or (443 if scheme == "https" else 80)
+    headers = basic_auth(url)
+    if held is not None:
+        if _UNUSUAL.search(held):
+            return None
+        headers = {**headers, "If-None-Match": held}
+    return LaneRequest(token, scheme, host, port, target, headers, conditional=held is not None)
 
 
 _Key = tuple[str, str, int]

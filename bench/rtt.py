@@ -83,6 +83,14 @@ class Row:
     def cpu_s(self) -> float:
         return statistics.median(s.cpu_s for s in self.samples)
 
+    @property
+    def rss_mib(self) -> float:
+        return max(s.maxrss_bytes for s in self.samples) / (1024 * 1024)
+
+    @property
+    def noise(self) -> float:
+        return statistics.median(s.noise for s in self.samples)
+
 
 # ---------------------------------------------------------------------------- the tools
 
@@ -157,6 +165,15 @@ def _rclone(parallel: int | None) -> Callable[[Ctx, Path, Path], list[str]]:
 
 def _rclone_env(fs: Path) -> dict[str, str]:
     return {"RCLONE_CONFIG": str(fs / "rclone.conf")}
+
+
+def sweep_tools(values: list[int]) -> list[Tool]:
+    """haul cold at other ``files_in_flight`` values (``--sweep``), to choose the default."""
+    return [
+        Tool(f"haul-cold-{n}", f"haul, cold cache, {n} in flight", _haul,
+             _haul_env(cache=True, files_in_flight=n), haul=True)
+        for n in values
+    ]  # fmt: skip
 
 
 def tools() -> list[Tool]:
@@ -380,7 +397,10 @@ def report(results: dict[float, list[Row]], args: argparse.Namespace, started: f
         "files/s is from each command's wall time (haul's includes its interpreter start-up, "
         "~0.2 s; `in-process` is run_fetch() alone). `of limit` is files/s over the "
         f"connections' limit ({PARALLEL} connections / RTT). `÷ haul cold` is haul cold's "
-        "wall time over the row's: below 1, the row is slower than haul cold.",
+        "wall time over the row's: below 1, the row is slower than haul cold. CPU s is "
+        "user+sys of the tool's process tree (nginx and the proxy excluded); peak RSS the "
+        "largest process of it (highest run); noise the cores other work on this shared "
+        "machine kept busy during the run.",
         "",
     ]
     for rtt_ms, rows in results.items():
@@ -390,19 +410,20 @@ def report(results: dict[float, list[Row]], args: argparse.Namespace, started: f
         lines += [
             f"## {rtt_ms:g} ms RTT (limit at {PARALLEL} connections: {limit:,.0f} files/s)",
             "",
-            "| tool | files/s | wall s | in-process s | CPU s | of limit | ÷ haul cold |",
-            "|---|--:|--:|--:|--:|--:|--:|",
+            "| tool | files/s | wall s | in-process s | CPU s | peak RSS MiB | of limit "
+            "| ÷ haul cold | noise |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for row in rows:
             if not row.ok:
-                lines.append(f"| {row.tool.label} | {row.status} | | | | | |")
+                lines.append(f"| {row.tool.label} | {row.status} | | | | | | | |")
                 continue
             fs = count / row.wall_s
             inner = f"{statistics.median(row.inner_s):.2f}" if row.inner_s else ""
             ratio = f"{cold.wall_s / row.wall_s:.2f}" if cold is not None and cold.ok else ""
             lines.append(
-                f"| {row.tool.label} | {fs:,.0f} | {row.wall_s:.2f} | {inner} | "
-                f"{row.cpu_s:.2f} | {fs / limit:.2f} | {ratio} |"
+                f"| {row.tool.label} | {fs:,.0f} | {row.wall_s:.2f} | {inner} | {row.cpu_s:.2f} "
+                f"| {row.rss_mib:.0f} | {fs / limit:.2f} | {ratio} | {row.noise:.2f} |"
             )
         lines += ["", *goals(by_key, count, limit), ""]
     return "\n".join(lines) + "\n"
@@ -447,6 +468,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rtt-ms", default="5,20,50", help="comma list of round-trip times")
     p.add_argument("--runs", type=int, default=3, help="rounds; the table shows medians")
     p.add_argument("--tools", default="", help="comma list of tool keys (default: all)")
+    p.add_argument(
+        "--sweep", default="", help="comma list of files_in_flight values: extra haul cold rows"
+    )
     p.add_argument("--timeout-s", type=float, default=180.0, help="limit for one run")
     p.add_argument("--settle-s", type=float, default=3.0, help="wait for a quiet machine")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -459,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     data.ensure_small(DATA_DIR)
     wanted = {k for k in args.tools.split(",") if k}
     chosen = [t for t in tools() if not wanted or t.key in wanted]
+    chosen += sweep_tools([int(n) for n in args.sweep.split(",") if n])
     env = base_env()
     work = Path(tempfile.mkdtemp(prefix="haul-bench-rtt-"))
     (work / "logs").mkdir()

@@ -158,6 +158,9 @@ class AzureStore(SdkStore):
         self.page_size = page_size
         opts: dict[str, Any] = {
             "retry_total": 0,
+            # http_timeout_s, not azure-core's 300 s read timeout: a stall is a retried timeout
+            "connection_timeout": min(tuning.timeout_s, 15.0),
+            "read_timeout": tuning.timeout_s,
             "max_single_get_size": 32 * MiB,
             "max_chunk_get_size": 32 * MiB,
             "max_single_put_size": max(tuning.multipart_threshold_bytes, 1),

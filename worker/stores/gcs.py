@@ -76,11 +76,12 @@ def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     import google.api_core.exceptions as gexc
     import google.auth.exceptions as gauth
     import requests.exceptions as rexc
+    import urllib3.exceptions as u3exc
     from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
     if isinstance(exc, DataCorruption):
         return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
-    if isinstance(exc, gauth.TransportError | rexc.RequestException):
+    if isinstance(exc, gauth.TransportError | rexc.RequestException | u3exc.HTTPError):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     if isinstance(exc, gauth.GoogleAuthError):
         return AccessDenied(f"{where}: no usable Google credentials ({type(exc).__name__})")
@@ -128,12 +129,15 @@ class GCSStore(SdkStore):
         import google.api_core.exceptions as gexc
         import google.auth.exceptions as gauth
         import requests.exceptions as rexc
+        import urllib3.exceptions as u3exc
         from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
         return (
             gexc.GoogleAPIError,
             gauth.GoogleAuthError,
             rexc.RequestException,
+            # a body cut short reaches download_as_bytes as urllib3's ProtocolError, unwrapped
+            u3exc.HTTPError,
             InvalidResponse,
             DataCorruption,
         )
@@ -156,6 +160,7 @@ class GCSStore(SdkStore):
     ) -> None:
         self.name = name
         self.bucket_name = bucket
+        self.timeout_s = tuning.timeout_s
         self.prefix = prefix.strip("/")
         self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
         # resumable chunks must be multiples of 256 KiB
@@ -198,7 +203,7 @@ class GCSStore(SdkStore):
 
     def stat(self, key: str) -> ObjectInfo:
         blob = self._bucket.blob(key)
-        self._call(lambda: blob.reload(retry=None), key)
+        self._call(lambda: blob.reload(retry=None, timeout=self.timeout_s), key)
         return self._info(blob)
 
     @staticmethod
@@ -240,7 +245,12 @@ class GCSStore(SdkStore):
         def fetch(offset: int) -> bytes:
             last = min(offset + step, end) - 1
             data: bytes = blob.download_as_bytes(
-                start=offset, end=last, raw_download=True, checksum=None, retry=None
+                start=offset,
+                end=last,
+                raw_download=True,
+                checksum=None,
+                retry=None,
+                timeout=self.timeout_s,
             )
             return data
 
@@ -262,7 +272,11 @@ class GCSStore(SdkStore):
         with self._sdk(prefix):
             blobs = iter(
                 self._client.list_blobs(
-                    self.bucket_name, prefix=prefix or None, page_size=self.page_size, retry=None
+                    self.bucket_name,
+                    prefix=prefix or None,
+                    page_size=self.page_size,
+                    retry=None,
+                    timeout=self.timeout_s,
                 )
             )
         while True:
@@ -283,7 +297,9 @@ class GCSStore(SdkStore):
             blob = self._bucket.blob(key, chunk_size=self.part_size_bytes if large else None)
             if md5:
                 blob.md5_hash = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
-            blob.upload_from_filename(str(path), if_generation_match=0, retry=None)
+            blob.upload_from_filename(
+                str(path), if_generation_match=0, retry=None, timeout=self.timeout_s
+            )
 
         self._call(upload, key, "create")
 
@@ -296,7 +312,9 @@ class GCSStore(SdkStore):
 
     def delete(self, key: str) -> bool:
         try:
-            self._call(lambda: self._bucket.blob(key).delete(retry=None), key)
+            self._call(
+                lambda: self._bucket.blob(key).delete(retry=None, timeout=self.timeout_s), key
+            )
         except NotFound:
             return False
         return True
@@ -304,7 +322,7 @@ class GCSStore(SdkStore):
     def put_record(self, key: str, data: bytes) -> None:
         self._call(
             lambda: self._bucket.blob(key).upload_from_string(
-                data, content_type="application/json", retry=None
+                data, content_type="application/json", retry=None, timeout=self.timeout_s
             ),
             key,
         )

@@ -212,6 +212,9 @@ class S3Store(SdkStore):
             # Presigned URLs too (boto3 would presign with SigV2, which newer regions refuse).
             signature_version="s3v4",
             retries={"total_max_attempts": 1, "mode": "standard"},
+            # http_timeout_s, not botocore's 60 s: a stalled answer is a retried timeout.
+            connect_timeout=min(self._timeout_s, 15.0),
+            read_timeout=self._timeout_s,
             max_pool_connections=max(10, 2 * self.concurrency),
             s3=s3_cfg or None,
         )

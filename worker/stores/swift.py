@@ -89,6 +89,7 @@ ERRORS = ErrorTable(
 def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place swiftclient/requests exceptions become haul errors (status only)."""
     import requests.exceptions as rexc
+    import urllib3.exceptions as u3exc
     from swiftclient.exceptions import ClientException
 
     if isinstance(exc, ClientException):
@@ -101,7 +102,7 @@ def _translate(exc: Exception, where: str, op: Op) -> HaulError:
             op=op,
             retry_after_s=header_retry_after(exc.http_response_headers),
         )
-    if isinstance(exc, rexc.RequestException | socket.error):
+    if isinstance(exc, rexc.RequestException | u3exc.HTTPError | socket.error):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     return StoreError(f"{where}: {type(exc).__name__}")
 
@@ -139,9 +140,11 @@ class SwiftStore(SdkStore):
     @property
     def sdk_errors(self) -> tuple[type[BaseException], ...]:
         import requests.exceptions as rexc
+        import urllib3.exceptions as u3exc
         from swiftclient.exceptions import ClientException
 
-        return (ClientException, rexc.RequestException, OSError)
+        # a body cut short reaches the reader as urllib3's ProtocolError, not wrapped by requests
+        return (ClientException, rexc.RequestException, u3exc.HTTPError, OSError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)

@@ -15,9 +15,12 @@ import sys
 from typing import Any
 
 from worker.errors import SHOWN_MAX_CHARS, bounded
+from worker.stores import registry
 from worker.urls import redact_url
 
-_URL = re.compile(r"\b(?:https?|s3|gs|azure|swift)://[^\s'\"<>]+")
+#: every URL a line may hold: http(s) and each store type's scheme (the registry's list)
+_SCHEMES = "|".join(["https?", *(re.escape(t.scheme) for t in registry.STORE_TYPES)])
+_URL = re.compile(rf"\b(?:{_SCHEMES})://[^\s'\"<>]+")
 #: a log line may quote one bounded message and its context
 LOG_MAX_CHARS = 4 * SHOWN_MAX_CHARS
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -72,5 +75,6 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "azure", "swiftclient"):
+    sdk_loggers = [name for t in registry.STORE_TYPES for name in t.loggers]
+    for noisy in ("httpx", "httpcore", "urllib3", *sdk_loggers):
         logging.getLogger(noisy).setLevel(logging.WARNING)

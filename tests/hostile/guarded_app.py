@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from worker import netguard
+from worker.net import guard as netguard
 
 _real_resolve = netguard.resolve
 PUBLIC_HOST = "127.0.0.1"
@@ -33,7 +33,7 @@ def _install() -> None:
 
 _install()
 
-from tasks import app  # noqa: E402
+from tasks.celery import app  # noqa: E402
 
 _install()
 

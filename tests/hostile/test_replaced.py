@@ -1,4 +1,4 @@
-"""An output replaced while it uploads, through the real pipeline entry (``store_outputs``)
+"""An output replaced while it uploads, through the real pipeline entry (the store_outputs job)
 with the real local store: the moment of replacement is the store's own ``create``, which a
 worker process could not time deterministically.
 
@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from tests.support.servers import RedisServer
+from worker.errors import HaulError
 from worker.models import StoreOutputs
-from worker.pipeline.outputs import OutputsFailedError, store_outputs
+from worker.pipeline.jobs import STORE_OUTPUTS
+from worker.pipeline.protocol import execute
 from worker.pipeline.runtime import Runtime
 from worker.settings import load_settings
 from worker.stores.local import TMP_DIR, LocalStore
@@ -87,8 +89,8 @@ def test_an_output_replaced_while_it_uploads_is_never_stored_under_the_old_hash(
     assert isinstance(base, LocalStore)
     runtime.sources._stores["default"] = ReplacingStore(base, replace)
 
-    with pytest.raises(OutputsFailedError):
-        store_outputs(runtime, StoreOutputs(execution_id=eid, project_id="p"))
+    with pytest.raises(HaulError):
+        execute(runtime, STORE_OUTPUTS, StoreOutputs(execution_id=eid, project_id="p"))
     events = _events(runtime)
     failed = [e for e in events if e["type"] == "haul.outputs.failed"]
     assert [e["data"]["error"]["code"] for e in failed] == ["object_changed"], events
@@ -107,7 +109,7 @@ def test_an_unchanged_output_is_stored_by_the_same_store(runtime: Runtime) -> No
     base = runtime.sources.store("default")
     assert isinstance(base, LocalStore)
     runtime.sources._stores["default"] = ReplacingStore(base, lambda _: None)
-    summary = store_outputs(runtime, StoreOutputs(execution_id=eid, project_id="p"))
+    summary = execute(runtime, STORE_OUTPUTS, StoreOutputs(execution_id=eid, project_id="p"))
     key = summary["datums"][0]["key"]
     assert (base.root / key).read_bytes() == ORIGINAL
 

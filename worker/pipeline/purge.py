@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from functools import partial
 from typing import Any
 
 from worker.constants import EV_DATUM_PURGED, EV_PURGE_DONE
 from worker.errors import NotFound
 from worker.events import now_iso
 from worker.models import DatumPurged, Purge, PurgeDone
+from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
+from worker.retry import store_type_of
 
 
 def _digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
-def purge(
-    runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = None
-) -> dict[str, Any]:
+def purge(runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = None) -> Outcome:
+    """Purge each datum of the project; ``haul.purge.done`` and the summary say which ids
+    were purged and which were unknown."""
     purged: list[dict[str, Any]] = []
     unknown: list[str] = []
     for datum_id in dict.fromkeys(msg.datum_ids):
@@ -36,9 +39,14 @@ def purge(
         with runtime.datums.content_lock(datum.store, datum.key):
             updated, live = runtime.datums.mark_purged(datum, now_iso())
             content_removed = live == 0
+            retry = runtime.transfer.policy.call
+            kind = store_type_of(store)
             if content_removed:
-                store.delete(datum.key)
-            runtime.datums.write_store_record(store, updated)
+                retry(
+                    partial(store.delete, datum.key), store_type=kind, what=f"deleting {datum.key}"
+                )
+            record = partial(runtime.datums.write_store_record, store, updated)
+            retry(record, store_type=kind, what=f"datum record {datum_id}")
         runtime.events.publish(
             EV_DATUM_PURGED,
             datum.execution_id,  # the execution that produced the datum
@@ -52,24 +60,17 @@ def purge(
             datum_id,
         )
         purged.append({"datum_id": datum_id, "key": datum.key, "content_removed": content_removed})
-    # One outcome per message, even when nothing was purged: an orchestrator waiting on the
-    # stream can tell "nothing to purge" from "not handled yet". Its id is the message's ids,
-    # so a redelivery publishes the same event again.
-    ids = list(dict.fromkeys(msg.datum_ids))
-    runtime.events.publish(
-        EV_PURGE_DONE,
-        None,
-        PurgeDone(
-            project_id=msg.project_id,
-            purged=[p["datum_id"] for p in purged],
-            unknown=unknown,
-        ),
-        msg.project_id,
-        _digest(ids),
-    )
-    return {
+    summary = {
         "status": "purged",
         "project_id": msg.project_id,
         "purged": purged,
         "unknown": unknown,
     }
+    # One outcome per message, even when nothing was purged: an orchestrator waiting on the
+    # stream can tell "nothing to purge" from "not handled yet". Its id is the message's ids,
+    # so a redelivery publishes the same event again.
+    done = PurgeDone(
+        project_id=msg.project_id, purged=[p["datum_id"] for p in purged], unknown=unknown
+    )
+    ids = list(dict.fromkeys(msg.datum_ids))
+    return Outcome(summary, (EV_PURGE_DONE, None, done, (msg.project_id, _digest(ids))))

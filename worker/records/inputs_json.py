@@ -33,8 +33,8 @@ class InputFile:
 def write_inputs_json(path: Path, inputs: dict[str, list[InputFile]]) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one.
 
-    A failure (a full disk) removes the temporary file and says why: DiskFullError, or
-    DestinationError for any other reason the folder cannot take the file.
+    A failed write leaves no ``.tmp`` behind and says why as a haul error (``disk_full``, or
+    ``destination_error`` with the system's reason).
     """
     doc = {name: {"files": [f.as_json() for f in files]} for name, files in inputs.items()}
     tmp = path.with_name(path.name + ".tmp")
@@ -47,8 +47,9 @@ def write_inputs_json(path: Path, inputs: dict[str, list[InputFile]]) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
             os.replace(tmp, path)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"no space left for {path.name}") from None

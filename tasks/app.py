@@ -44,5 +44,6 @@ def _close_runtime(**_: Any) -> None:
     close_runtime()
 
 
-# Register the tasks.
-import tasks.handlers  # noqa: E402, F401
+# Register the tasks, and the hooks for metrics, health and log context.
+import tasks.handlers  # noqa: E402
+import tasks.observe  # noqa: E402, F401

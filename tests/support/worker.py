@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,16 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    @property
+    def metrics_url(self) -> str:
+        """``http://host:port`` of the worker's /metrics and /healthz (from its start line)."""
+        m = re.search(r"metrics and health on (http://\S+)/metrics", self.log_text())
+        if m is None:
+            raise WorkerStartError(
+                "the worker did not say where its metrics are:\n" + self.log_tail()
+            )
+        return m.group(1)
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
@@ -100,7 +111,14 @@ def worker_env(
     redis_url: str, data_dir: Path, extra_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAUL_")}
-    env.update({"HAUL_REDIS_URL": redis_url, "HAUL_DATA_DIR": str(data_dir)})
+    # Port 0: workers of parallel tests never fight over 9808; `metrics_url` finds the port.
+    env.update(
+        {
+            "HAUL_REDIS_URL": redis_url,
+            "HAUL_DATA_DIR": str(data_dir),
+            "HAUL_METRICS_BIND": "127.0.0.1:0",
+        }
+    )
     env.update(extra_env or {})
     return env
 

@@ -35,6 +35,7 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.observability import metrics
 from worker.pipeline.runtime import Runtime
 from worker.records.datums import content_key, datum_id
 from worker.stores.base import Store
@@ -176,6 +177,7 @@ class _Job:
         )
         datum = index.add(datum)
         index.write_store_record(store, datum)
+        metrics.transferred("out", self.store_name, d.size)
         self.rt.events.publish(
             EV_OUTPUT_STORED,
             self.msg.execution_id,

@@ -46,6 +46,7 @@ from worker.models import (
     SourceInfo,
     TransferProgress,
 )
+from worker.observability import metrics
 from worker.paths import clean_relative, safe_join
 from worker.pipeline.plan import PlannedFile, plan_input
 from worker.pipeline.runtime import Runtime
@@ -271,7 +272,9 @@ class _Job:
                 facts.append(fact)
             ids = (execution, f.input, f.rel)
             events.append((EV_INPUT_DOWNLOADED, execution, self._downloaded(item), ids))
+            metrics.transferred("in", f.source.name, d.size)
             if previous is not None:
+                metrics.input_changed()
                 self.changed.append({"input": f.input, "url": f.url, "path": shown})
                 message = change_message(f.url, previous, seen)
                 if f"{fact}#warning" not in logged:

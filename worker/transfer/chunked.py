@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.errors import Changed, HaulError, IntegrityError
+from worker.observability.context import in_current_context
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressMeter
@@ -291,7 +292,9 @@ class ChunkedDownload:
             direct_fd=self.direct_fd,
         )
         threads = [
-            threading.Thread(target=self._fetcher, name=f"haul-fetch-{i}", daemon=True)
+            threading.Thread(
+                target=in_current_context(self._fetcher), name=f"haul-fetch-{i}", daemon=True
+            )
             for i in range(self.workers)
         ]
         for t in threads:

@@ -39,6 +39,7 @@ from worker.errors import (
     Interrupted,
 )
 from worker.hashing import Digests, digest_bytes
+from worker.observability import metrics
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.chunked import (
     BufferPool,
@@ -179,6 +180,7 @@ class _Job:
             attempts=self.cfg.max_attempts,
             base_s=self.cfg.backoff_base_s,
             max_s=self.cfg.backoff_max_s,
+            on_retry=lambda _exc, _n: metrics.retry(self.source.name),
         )
 
     # ------------------------------------------------------------------ one attempt
@@ -232,6 +234,7 @@ class _Job:
         try:
             verify(info, digests, self.label)
         except IntegrityError as exc:
+            metrics.checksum_mismatch(self.source.name)
             raise _Restart(exc) from None
         if body is not None:
             write_whole(self.dest, body)  # all at once: no part file for a small object
@@ -454,5 +457,6 @@ def download(
         if restart == cfg.max_attempts - 1:
             raise cause
         log.warning("%s: starting over (attempt %d): %s", job.label, restart + 2, cause)
+        metrics.retry(source.name)
         time.sleep(backoff_s(restart, cfg.backoff_base_s, cfg.backoff_max_s))
     raise AssertionError("unreachable")

@@ -26,6 +26,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.hashing import Digests
+from worker.observability import metrics
 from worker.stores.base import ObjectInfo, Store
 from worker.transfer.config import TransferConfig
 from worker.transfer.retry import retrying
@@ -104,7 +105,11 @@ def send(store: Store, hashed: Hashed, key: str, cfg: TransferConfig) -> bool:
 
     try:
         return retrying(
-            attempt, attempts=cfg.max_attempts, base_s=cfg.backoff_base_s, max_s=cfg.backoff_max_s
+            attempt,
+            attempts=cfg.max_attempts,
+            base_s=cfg.backoff_base_s,
+            max_s=cfg.backoff_max_s,
+            on_retry=lambda _exc, _n: metrics.retry(store.name),
         )
     except HaulError:
         log.warning("storing %s as %s failed", hashed.path.name, key)

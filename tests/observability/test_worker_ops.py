@@ -113,6 +113,7 @@ def test_metrics_cover_every_pool_process_with_bounded_labels(
     assert _value(samples, "haul_cache_hits_total") == 1
     assert _value(samples, "haul_cache_misses_total") >= 1
     assert _value(samples, "haul_input_changes_total") == 1
+    assert _value(samples, "haul_worker_healthy") == 1
     ok = {"task": "haul.prepare_inputs", "outcome": "success"}
     assert _value(samples, "haul_task_seconds_count", **ok) == 3
     assert _value(samples, "haul_task_seconds_count", task="haul.store_outputs", outcome="success")

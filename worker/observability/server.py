@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from worker.errors import ConfigError
 from worker.observability import multiproc
 from worker.observability.health import Health
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 StartResponse = Callable[..., Any]
 
@@ -43,12 +46,31 @@ def split_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _HealthCollector:
+    """``haul_worker_healthy``: /healthz as a series, so an alert can see "no worker healthy"."""
+
+    def __init__(self, health: Health) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "haul_worker_healthy",
+            "1 while this worker reaches its broker and redis_url (what /healthz answers).",
+            value=1.0 if self._health.reading.healthy else 0.0,
+        )
+
+
 class MetricsServer:
     def __init__(self, bind: str, metrics_dir: Path | None, health: Health) -> None:
-        from prometheus_client import REGISTRY, make_wsgi_app
+        from prometheus_client import CollectorRegistry, make_wsgi_app
 
         self._dir = metrics_dir
-        registry = multiproc.registry(metrics_dir) if metrics_dir is not None else REGISTRY
+        registry = (
+            multiproc.registry(metrics_dir) if metrics_dir is not None else CollectorRegistry()
+        )
+        registry.register(_HealthCollector(health))
         self._metrics = make_wsgi_app(registry)
         self._health = health
         host, port = split_bind(bind)

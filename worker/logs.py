@@ -24,9 +24,15 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
+from worker.stores import registry
 from worker.urls import redact_url
 
-_URL = re.compile(r"\b(?:https?|s3|gs|azure|swift|redis|rediss|amqp|amqps)://[^\s'\"<>]+")
+#: every URL a line may hold: http(s), each store type's scheme (the registry's list), and
+#: the broker URLs Celery names in its own lines
+_SCHEMES = "|".join(
+    ["https?", "rediss?", "amqps?", *(re.escape(t.scheme) for t in registry.STORE_TYPES)]
+)
+_URL = re.compile(rf"\b(?:{_SCHEMES})://[^\s'\"<>]+")
 _NOISY = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "azure", "swiftclient")
 
 

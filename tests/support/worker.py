@@ -108,7 +108,10 @@ class WorkerProcess:
 
 
 def worker_env(
-    redis_url: str, data_dir: Path, extra_env: Mapping[str, str] | None = None
+    redis_url: str,
+    data_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    broker_url: str | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAUL_")}
     # Port 0: workers of parallel tests never fight over 9808; `metrics_url` finds the port.
@@ -119,6 +122,8 @@ def worker_env(
             "HAUL_METRICS_BIND": "127.0.0.1:0",
         }
     )
+    if broker_url is not None and broker_url != redis_url:
+        env["HAUL_BROKER_URL"] = broker_url
     env.update(extra_env or {})
     return env
 
@@ -132,8 +137,12 @@ def start_worker(
     queues: str = ALL_QUEUES,
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    broker_url: str | None = None,
 ) -> Iterator[WorkerProcess]:
-    """A real worker on ``redis_url`` with ``data_dir``; stopped (by PID) when the block ends."""
+    """A real worker on ``redis_url`` with ``data_dir``; stopped (by PID) when the block ends.
+
+    ``broker_url`` (default: ``redis_url``) may be a RabbitMQ vhost's ``amqp://`` URL.
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     n = next(_counter)
@@ -150,7 +159,7 @@ def start_worker(
     log = log_path.open("ab")
     proc = subprocess.Popen(
         cmd,
-        env=worker_env(redis_url, data_dir, extra_env),
+        env=worker_env(redis_url, data_dir, extra_env, broker_url),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

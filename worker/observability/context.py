@@ -34,10 +34,14 @@ def clear_task() -> None:
 
 
 def in_current_context(fn: Callable[P, T]) -> Callable[P, T]:
-    """``fn`` bound to a copy of the context of the caller (one copy per call of this)."""
+    """``fn`` running in the context of the caller, as it is now.
+
+    Each call runs in its own copy (a Context cannot be entered by two threads at once), so
+    the result may go to ``pool.map`` or be started on several threads.
+    """
     ctx = contextvars.copy_context()
 
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return ctx.run(fn, *args, **kwargs)
+        return ctx.copy().run(fn, *args, **kwargs)
 
     return run

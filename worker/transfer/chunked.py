@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.errors import Changed, HaulError, IntegrityError
+from worker.observability import metrics
 from worker.observability.context import in_current_context
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.config import TransferConfig
@@ -131,6 +132,9 @@ class RetryBudget:
 
 
 class RangeReader(Protocol):
+    #: the store name (the retry counter's label comes from it)
+    name: str
+
     def read(
         self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
     ) -> StreamContext: ...
@@ -172,6 +176,7 @@ def fetch_range(
             if not exc.retryable or attempt == cfg.max_attempts - 1 or not budget.take():
                 raise
             log.info("retrying %s (attempt %d): %s", what, attempt + 2, exc)
+            metrics.retry(source.name)
         else:
             return
         if cancel.wait(backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s)):

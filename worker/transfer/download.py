@@ -394,6 +394,7 @@ class _WholeBody:
 
     def __init__(self, source: ObjectSource) -> None:
         self._source = source
+        self.name = source.name
 
     def read(
         self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None

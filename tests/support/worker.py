@@ -138,10 +138,12 @@ def start_worker(
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     broker_url: str | None = None,
+    app: str = "tasks",
 ) -> Iterator[WorkerProcess]:
     """A real worker on ``redis_url`` with ``data_dir``; stopped (by PID) when the block ends.
 
-    ``broker_url`` (default: ``redis_url``) may be a RabbitMQ vhost's ``amqp://`` URL.
+    ``broker_url`` (default: ``redis_url``) may be a RabbitMQ vhost's ``amqp://`` URL;
+    ``app`` another Celery app module built on haul's (the cost benchmark's).
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +151,7 @@ def start_worker(
     hostname = f"test-{os.getpid()}-{n}@%h"
     log_path = log_path or data_dir.parent / f"{data_dir.name}-worker-{n}.log"
     cmd = [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "-Q", queues,
         "--concurrency", str(concurrency),
         "--loglevel", "INFO",

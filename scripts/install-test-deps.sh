@@ -9,6 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 APT_PACKAGES=(
     swift swift-proxy swift-account swift-container swift-object
     memcached nginx-light curl redis-server aria2 rclone rabbitmq-server
+    chromium
 )
 AZURITE_VERSION="3.35.0" # 3.36+ needs Node >= 22
 

@@ -33,7 +33,6 @@ _SCHEMES = "|".join(
     ["https?", "rediss?", "amqps?", *(re.escape(t.scheme) for t in registry.STORE_TYPES)]
 )
 _URL = re.compile(rf"\b(?:{_SCHEMES})://[^\s'\"<>]+")
-_NOISY = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "azure", "swiftclient")
 
 
 def redact_text(text: str) -> str:
@@ -147,7 +146,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in _NOISY:
+    sdk_loggers = [name for t in registry.STORE_TYPES for name in t.loggers]
+    for noisy in ("httpx", "httpcore", "urllib3", *sdk_loggers):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

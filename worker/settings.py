@@ -87,6 +87,8 @@ class Settings(_Strict):
     multipart_threshold_bytes: Annotated[int, Field(ge=0)] = 16 * MiB
     files_in_flight: Annotated[int, Field(ge=1, le=256)] = 16
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    #: no retry of one call waits past this long after its first attempt (worker/retry.py)
+    retry_budget_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     http_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     max_redirects: Annotated[int, Field(ge=0, le=30)] = 10
     cache_enabled: bool = True

@@ -22,6 +22,7 @@ from worker.cli.progress import BAR_INTERVAL_S, Bars
 from worker.errors import HaulError
 from worker.paths import clean_relative
 from worker.records.haul_log import file_lines, stamp
+from worker.retry import RetryPolicy, store_type_of
 from worker.settings import Settings
 from worker.stores.resolver import Sources, expand_wildcard
 from worker.transfer.batch import BatchItem, BatchResult, download_many
@@ -47,7 +48,7 @@ def _http_name(url: str) -> str:
     return name
 
 
-def _expand(url: str, sources: Sources, to: Path) -> Iterator[BatchItem]:
+def _expand(url: str, sources: Sources, to: Path, policy: RetryPolicy) -> Iterator[BatchItem]:
     parsed = parse_input_url(url)
     if parsed.scheme in ("http", "https"):
         yield BatchItem(sources.http(), url, to / _http_name(url))
@@ -56,7 +57,12 @@ def _expand(url: str, sources: Sources, to: Path) -> Iterator[BatchItem]:
     if not parsed.has_wildcard:
         yield BatchItem(source, key, to / PurePosixPath(key).name)
         return
-    for info in expand_wildcard(source, key, url):
+    found = policy.call(
+        lambda: expand_wildcard(source, key, url),
+        store_type=store_type_of(source),
+        what=f"listing {redact_url(url)}",
+    )
+    for info in found:
         yield BatchItem(source, info.key, to / PurePosixPath(info.key).name, info=info)
 
 
@@ -77,7 +83,7 @@ def run_fetch(
         items: list[BatchItem] = []
         for url in urls:
             try:
-                items.extend(_expand(url, sources, to))
+                items.extend(_expand(url, sources, to, cfg.policy))
             except HaulError as exc:
                 failed += 1
                 out.write(f"{stamp()} {redact_url(url)}: error: {exc}\n")

@@ -116,12 +116,28 @@ def transferred(direction: Direction, store_name: str, size_bytes: int, *, files
     s.files.labels(direction, kind).inc(files)
 
 
-def retry(store_name: str) -> None:
-    series().retries.labels(store_type(store_name)).inc()
+def retry(store: str) -> None:
+    """One retry (``store``: a store type, or a configured store's name)."""
+    series().retries.labels(store_type(store)).inc()
 
 
-def checksum_mismatch(store_name: str) -> None:
-    series().checksum_mismatches.labels(store_type(store_name)).inc()
+_listening = False
+
+
+def count_retries() -> None:
+    """Count every retry of the one retry policy (:mod:`worker.retry`), once per process."""
+    global _listening
+    with _lock:
+        if _listening:
+            return
+        _listening = True
+    from worker.retry import add_retry_listener
+
+    add_retry_listener(lambda kind, _error: retry(kind))
+
+
+def checksum_mismatch(store: str) -> None:
+    series().checksum_mismatches.labels(store_type(store)).inc()
 
 
 def input_changed(count: int = 1) -> None:

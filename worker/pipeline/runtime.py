@@ -33,6 +33,7 @@ class Runtime:
     def from_settings(cls, settings: Settings, redis: Redis[bytes] | None = None) -> Runtime:
         client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
         metrics.register_stores({name: cfg.type for name, cfg in settings.all_stores().items()})
+        metrics.count_retries()
         return cls(
             settings=settings,
             redis=client,

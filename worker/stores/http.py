@@ -15,12 +15,11 @@ costs one request and a large one learns its size and ETag from its first chunk.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from worker.errors import (
     Changed,
@@ -28,11 +27,12 @@ from worker.errors import (
     IntegrityError,
     SourceError,
 )
-from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop
-from worker.net.pool import FastBody, FastClient, basic_auth
+from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop, lane_request
+from worker.net.pool import FastBody, FastClient, request_target
 from worker.net.redact import redact_url
 from worker.net.status import http_status_error
 from worker.stores.base import (
+    NotModified,
     ObjectInfo,
     SmallDelivery,
     SmallObject,
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from worker.net.httpx_client import HttpxClient, HttpxResponse
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-#: characters a request line must not carry as they are (controls, space, non-ASCII)
-_UNUSUAL = re.compile(r"[^\x21-\x7e]")
 T = TypeVar("T")
 
 
@@ -162,13 +160,10 @@ class HttpSource(SourceBase):
         assert fast is not None
 
         def hop(current: str) -> tuple[int, str | None, tuple[Any, FastBody | None]]:
-            parts = urlsplit(current)
-            scheme = parts.scheme.lower()
-            if scheme not in ("http", "https") or not parts.hostname:
+            scheme, host, port, target = request_target(current)
+            if scheme not in ("http", "https") or not host:
                 raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
-            port = parts.port or (443 if scheme == "https" else 80)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            response, body = fast.get(scheme, parts.hostname, port, target, headers, current)
+            response, body = fast.get(scheme, host, port, target, headers, current)
             return response.status, response.getheader("location"), (response, body)
 
         (response, body), final = self._follow(url, hop)
@@ -211,17 +206,21 @@ class HttpSource(SourceBase):
         *,
         max_connections: int,
         stop: threading.Event | None = None,
+        held: Sequence[str | None] | None = None,
     ) -> None:
         """Fetch objects of at most ``limit`` bytes on one thread (:mod:`.lane`).
 
         ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
         that key must go the ordinary way instead (not small, not a plain answer, or any
         trouble): nothing is decided here that the ordinary path would decide differently.
+        A key with a ``held`` version (a strong ETag) is asked for with ``If-None-Match``
+        on it: a ``304`` that names that same ETag is delivered as :class:`NotModified`.
         """
         fast = self.fast
         requests: list[LaneRequest] = []
         for index, key in enumerate(keys):
-            request = _lane_request(index, key) if fast is not None else None
+            version = held[index] if held is not None else None
+            request = lane_request(index, key, version) if fast is not None else None
             if request is None:
                 deliver(index, None)
             else:
@@ -239,7 +238,13 @@ class HttpSource(SourceBase):
         )
 
         def answer(got: LaneAnswer) -> None:
-            info = None if got.body is None else self._small_info(keys[got.token], got)
+            key = keys[got.token]
+            if got.body is not None and got.status == 304:
+                version = held[got.token] if held is not None else None
+                same = _unchanged_info(key, version, got.headers)
+                deliver(got.token, None if same is None else NotModified(same, got.seconds))
+                return
+            info = None if got.body is None else self._small_info(key, got)
             if info is None or got.body is None:
                 deliver(got.token, None)
             else:
@@ -346,26 +351,28 @@ class HttpSource(SourceBase):
         return StreamContext(body)
 
 
-def _lane_request(index: int, key: str) -> LaneRequest | None:
-    """The lane's request for ``key``, or None when anything about it is unusual (the ordinary
-    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...)."""
-    try:
-        parts = urlsplit(key)
-        port = parts.port
-    except ValueError:
+def _unchanged_info(key: str, held: str | None, headers: dict[str, str]) -> ObjectInfo | None:
+    """The version a ``304`` confirms, or None when it does not confirm ours exactly.
+
+    If-None-Match is compared weakly by servers, so a 304 could also mean "a weak ETag that
+    matches yours"; only a 304 naming our strong ETag as the current one says the bytes are
+    the same (a 304 without an ETag contradicts the 200 that gave us one).
+    """
+    if held is None or headers.get("etag") != held:
         return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if (
-        scheme not in ("http", "https")
-        or not host
-        or not host.isascii()
-        or _UNUSUAL.search(target + host)
-    ):
-        return None
-    port = port or (443 if scheme == "https" else 80)
-    return LaneRequest(index, scheme, host, port, target, basic_auth(key))
+    last_modified = headers.get("last-modified")
+    extra = {"final_url": key}
+    if last_modified:
+        extra["last_modified_http"] = last_modified
+    return ObjectInfo(
+        key=key,
+        size=-1,
+        etag=held,
+        version=held,
+        last_modified=_iso(last_modified),
+        checksum_note="none: HTTP servers state no content checksum; size checked",
+        extra=extra,
+    )
 
 
 def _check_range(

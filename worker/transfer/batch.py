@@ -148,8 +148,8 @@ def _lanes(
 ) -> tuple[dict[SmallObjectReader, list[SmallItem]], list[int]]:
     """Items a source can fetch as whole small objects (by source), and the rest (indexes).
 
-    An item the cache may hold goes the ordinary way: a stat validates the entry, and a hit is
-    copied from the cache instead of downloaded.
+    An item the cache holds goes on the lane with the entry as its validator (one conditional
+    request: a ``304`` is copied from the cache, anything else brings the new body).
     """
     lanes: dict[SmallObjectReader, list[SmallItem]] = {}
     ordinary: list[int] = []
@@ -161,14 +161,11 @@ def _lanes(
         able = capable.get(id(source))
         if able is None:
             able = capable[id(source)] = on and isinstance(source, SmallObjectReader)
-        if (
-            able
-            and item.info is None
-            and (cache is None or not cache.has(source_id(source, item.key)))
-        ):
+        if able and item.info is None:
             reader = cast(SmallObjectReader, source)
             label = item.label or str(item.dest)
-            small = SmallItem(index, reader, item.key, item.dest, label)
+            held = cache.peek(source_id(source, item.key)) if cache is not None else None
+            small = SmallItem(index, reader, item.key, item.dest, label, held)
             lanes.setdefault(reader, []).append(small)
         else:
             ordinary.append(index)

@@ -10,89 +10,30 @@ granted strictly in chunk order (a ticket per chunk), so the lowest chunk not ye
 owns a buffer or is next in line for one: fetchers can run ahead of hashing by at most the pool,
 and can never starve it (no deadlock when chunks already on disk are re-read on resume).
 
-A failed range is retried on its own (backoff with full jitter) within ``max_attempts`` per chunk
-and a budget for the whole object; a reset costs that chunk, not the file. A :class:`Changed`
+A failed range is retried on its own by the retry policy (:mod:`worker.retry`), within
+``max_attempts`` per chunk and an allowance of retries for the whole object; a reset costs that
+chunk, not the file. A :class:`Changed`
 aborts the object at once: the caller starts over from a fresh stat.
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from worker.errors import Changed, HaulError, IntegrityError
-from worker.observability import metrics
 from worker.observability.context import in_current_context
+from worker.retry import Allowance, RetryCancelled, store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
+from worker.transfer.buffers import Buffer, BufferPool, Cancelled
 from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressMeter
-from worker.transfer.retry import backoff_s
 from worker.transfer.sink import HashWriteSink, Piece
 
 log = logging.getLogger(__name__)
-
-Buffer = mmap.mmap
-
-
-class Cancelled(Exception):
-    """Raised inside fetchers once the download failed elsewhere."""
-
-
-class BufferPool:
-    """At most ``count`` buffers of ``size`` bytes, granted in ticket order."""
-
-    def __init__(self, count: int, size: int) -> None:
-        self.count = count
-        self.size = size
-        self._free: list[Buffer] = []
-        self._made = 0
-        self._next_ticket = 0
-        self._cond = threading.Condition()
-        self.cancelled = False
-        #: the most buffers ever out at once (tests check the bound)
-        self.peak_out = 0
-        #: threads waiting for a buffer right now
-        self.waiting = 0
-        self._out = 0
-
-    def acquire(self, ticket: int) -> Buffer:
-        with self._cond:
-            while not self.cancelled and (
-                ticket != self._next_ticket or (not self._free and self._made >= self.count)
-            ):
-                self.waiting += 1
-                self._cond.wait()
-                self.waiting -= 1
-            if self.cancelled:
-                raise Cancelled
-            self._next_ticket += 1
-            if self._free:
-                buf = self._free.pop()
-            else:
-                # Allocated on first use: a 20 MiB object never touches 80 MiB of buffers.
-                # Anonymous maps are page-aligned, which O_DIRECT writes need.
-                buf = mmap.mmap(-1, self.size)
-                self._made += 1
-            self._out += 1
-            self.peak_out = max(self.peak_out, self._out)
-            self._cond.notify_all()
-            return buf
-
-    def release(self, buf: Buffer) -> None:
-        with self._cond:
-            self._free.append(buf)
-            self._out -= 1
-            self._cond.notify_all()
-
-    def cancel(self) -> None:
-        with self._cond:
-            self.cancelled = True
-            self._cond.notify_all()
 
 
 def read_exactly(
@@ -114,27 +55,7 @@ def read_exactly(
             raise IntegrityError(f"{what}: body is longer than the {want} bytes asked for")
 
 
-@dataclass
-class RetryBudget:
-    """Retries left for one object, shared by its chunks (bounded, whatever the size)."""
-
-    left: int
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.left <= 0:
-                return False
-            self.left -= 1
-            return True
-
-
 class RangeReader(Protocol):
-    #: the store name (the retry counter's label comes from it)
-    name: str
-
     def read(
         self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
     ) -> StreamContext: ...
@@ -147,41 +68,50 @@ def fetch_range(
     view: memoryview,
     cfg: TransferConfig,
     *,
-    budget: RetryBudget,
+    allowance: Allowance,
     meter: ProgressMeter | None,
     label: str,
     cancel: threading.Event,
     first: StreamContext | None = None,
 ) -> None:
-    """Read ``len(view)`` bytes at ``start`` into ``view``, retrying this range alone."""
+    """Read ``len(view)`` bytes at ``start`` into ``view``; the retry policy retries this
+    range alone (a :class:`Changed` is not retried here: the object starts over)."""
     what = f"{label} bytes {start}-{start + len(view) - 1}"
-    for attempt in range(cfg.max_attempts):
+    pending = [first]
+
+    def attempt() -> None:
         counted = [0]
 
-        def on_bytes(n: int, counted: list[int] = counted) -> None:
+        def on_bytes(n: int) -> None:
             counted[0] += n
             if meter is not None:
                 meter.add(n)
 
+        ctx, pending[0] = pending[0], None
+        if ctx is None:
+            ctx = source.read(info.key, start=start, length=len(view), pin=info)
         try:
-            ctx = first if first is not None and attempt == 0 else None
-            if ctx is None:
-                ctx = source.read(info.key, start=start, length=len(view), pin=info)
             read_exactly(ctx, view, what, on_bytes)
-        except Changed:
-            raise
-        except HaulError as exc:
+        except HaulError:
             if meter is not None and counted[0]:
                 meter.add(-counted[0])  # those bytes will come again
-            if not exc.retryable or attempt == cfg.max_attempts - 1 or not budget.take():
-                raise
-            log.info("retrying %s (attempt %d): %s", what, attempt + 2, exc)
-            metrics.retry(source.name)
-        else:
-            return
-        if cancel.wait(backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s)):
-            raise Cancelled
-    raise AssertionError("unreachable")
+            raise
+
+    try:
+        cfg.policy.call(
+            attempt,
+            store_type=store_type_of(source),
+            what=what,
+            retry_if=_range_retryable,
+            allowance=allowance,
+            cancel=cancel,
+        )
+    except RetryCancelled:
+        raise Cancelled from None
+
+
+def _range_retryable(exc: HaulError) -> bool:
+    return exc.retryable and not isinstance(exc, Changed)
 
 
 def chunk_spans(size: int, chunk: int) -> Iterator[tuple[int, int, int]]:
@@ -220,7 +150,7 @@ class ChunkedDownload:
         self.pending = [s for s in self.spans if s[0] not in self.done]
         workers = max(1, min(cfg.concurrency, len(self.pending)))
         self.pool = BufferPool(min(workers + 2, len(self.spans)), cfg.chunk_size_bytes)
-        self.budget = RetryBudget(cfg.max_attempts * max(4, workers))
+        self.allowance = Allowance(cfg.max_attempts * max(4, workers))
         self.workers = workers
         self._first = first if 0 not in self.done else None
         self._cursor = 0
@@ -251,7 +181,7 @@ class ChunkedDownload:
                     offset,
                     memoryview(buf)[:length],
                     self.cfg,
-                    budget=self.budget,
+                    allowance=self.allowance,
                     meter=self.meter,
                     label=self.label,
                     cancel=self._cancel,

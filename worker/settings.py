@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -136,6 +137,15 @@ class Settings(_Strict):
     @property
     def proxy_in_env(self) -> bool:
         return self._proxy_in_env
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_metrics_bind(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"{value!r} is not host:port (or empty to turn it off)")
+        return value
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -122,13 +122,22 @@ def register_fetch(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run_fetch)
     p.add_argument("urls", nargs="+", metavar="URL")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to download into")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are drawn only when stderr is a terminal anyway)",
+    )
 
 
 def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.fetch import run_fetch as fetch
+    from worker.cli.progress import Bars, wanted
 
-    code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)
-    return code
+    if not wanted(sys.stderr, args.quiet):
+        code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)
+        return code
+    with Bars(sys.stderr) as bars:
+        return int(fetch(list(args.urls), Path(args.to), settings, sys.stdout, bars))
 
 
 # ============================================================================ haul reindex

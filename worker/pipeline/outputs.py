@@ -35,9 +35,11 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.observability import metrics
 from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
 from worker.records.datums import content_key, datum_id
+from worker.retry import store_type_of
 from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
 
@@ -178,7 +180,12 @@ class _Job:
             metadata=meta.extra,
         )
         datum = index.add(datum)
-        index.write_store_record(store, datum)
+        self.rt.transfer.policy.call(
+            lambda: index.write_store_record(store, datum),
+            store_type=store_type_of(store),
+            what=f"datum record {datum.datum_id}",
+        )
+        metrics.transferred("out", self.store_name, d.size)
         self.rt.events.publish(
             EV_OUTPUT_STORED,
             self.msg.execution_id,

@@ -15,6 +15,7 @@ from worker.errors import HaulError, NoMatch, NotFound, UnsafePathError, Unsuppo
 from worker.models import InputSpec
 from worker.paths import clean_relative
 from worker.pipeline.runtime import Runtime
+from worker.retry import store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource
 from worker.stores.resolver import expand_wildcard
 from worker.urls import (
@@ -75,7 +76,11 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
         return [_datum(runtime, spec, url)]
     source, key = runtime.sources.for_url(url)
     if url.has_wildcard:
-        found = expand_wildcard(source, key, raw)
+        found = runtime.transfer.policy.call(
+            lambda: expand_wildcard(source, key, raw),
+            store_type=store_type_of(source),
+            what=f"listing {shown}",
+        )
         base = suffix_base(key)
         return [
             PlannedFile(

@@ -28,7 +28,10 @@ def create_app(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     runtime = ProcessRuntime(settings)
     for job in JOBS:
-        app.task(name=job.task, bind=True)(_task_function(job, runtime))
+        # max_retries=None here, on the task: Celery reads retry(max_retries=None) as "the
+        # task's default" (3), so a copy waiting out a live lease was dropped after three
+        # waits, acknowledged, with no outcome event (found by bench/chaos).
+        app.task(name=job.task, bind=True, max_retries=None)(_task_function(job, runtime))
     _connect_signals(app, settings, runtime)
     return app
 

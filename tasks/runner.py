@@ -114,7 +114,9 @@ def run_task(
         lease.acquire()
     except LeaseHeld as exc:
         log.info("%s; retrying in %d s", exc, rt.settings.lease_retry_s)
-        raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
+        # no limit: the task is registered with max_retries=None (tasks/app.py); the holder
+        # either finishes or dies and its lease lapses within lease_ttl_s
+        raise task.retry(countdown=rt.settings.lease_retry_s) from None
     try:
         return execute(rt, job, msg, lease.lost)
     finally:

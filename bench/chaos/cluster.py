@@ -133,7 +133,7 @@ class Worker:
     def _last_critical(self) -> str:
         with self._log_path.open("rb") as fh:
             lines = fh.read().decode(errors="replace").splitlines()
-        critical = [line for line in lines if " CRITICAL " in line]
+        critical = [line for line in lines if "critical" in line.lower()]
         return critical[-1][:300] if critical else "no CRITICAL line"
 
     def stop(self) -> None:

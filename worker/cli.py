@@ -484,7 +484,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.records.datums import DatumIndex
+    from worker.records.reindex import reindex_store
     from worker.stores.registry import build_store
 
     stores = settings.all_stores()
@@ -495,10 +495,14 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
         args.store, stores[args.store], settings.store_secrets(args.store), settings
     )
     try:
-        count = DatumIndex(_redis(settings)).reindex(store)
+        done = reindex_store(_redis(settings), store)
     finally:
         store.close()
-    print(f"reindexed {count} datum record(s) from store {args.store!r} into Redis")
+    print(f"reindexed {done.datums} datum record(s) from store {args.store!r} into Redis")
+    print(
+        f"reindexed {done.alias_moves} alias move(s) and {done.dataset_versions} dataset "
+        f"version(s) from store {args.store!r} into Redis"
+    )
     return EXIT_OK
 
 
@@ -789,9 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "reindex",
-        help="rebuild the Redis datum index from a store's datum records",
-        description="Read every datum record (<prefix>/datums/<project>/<id>.json) kept in the "
-        "store and load it into Redis, e.g. after losing the Redis data.",
+        help="rebuild the Redis datum, alias and dataset indexes from a store's records",
+        description="Read every datum record (<prefix>/datums/<project>/<id>.json), alias move "
+        "(<prefix>/aliases/...) and sealed dataset version (<prefix>/datasets/...) kept in the "
+        "store and load them into Redis, e.g. after losing the Redis data.",
         epilog="example:\n  haul reindex default\n",
         formatter_class=_Formatter,
     )

@@ -28,6 +28,7 @@ URL_SCHEMES = (
     "http://",
     "https://",
     "datum://",
+    "dataset://",
     "file://",
 )
 
@@ -57,7 +58,7 @@ class InputSpec(_Message):
             if not url.startswith(URL_SCHEMES):
                 raise ValueError(
                     "unsupported URL form; use s3://, azure://, gs://, swift://, http(s)://, "
-                    "datum:// or file:// (inside a declared local store)"
+                    "datum://, dataset:// or file:// (inside a declared local store)"
                 )
             if any(ch in url for ch in "\x00\r\n"):
                 raise ValueError("URLs cannot contain NUL or line breaks")

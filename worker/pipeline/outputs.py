@@ -7,7 +7,6 @@ A sidecar whose file does not exist is stored as an ordinary output, so nothing 
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.constants import (
+    EV_ALIAS_MOVED,
+    EV_DATASET_VERSION_CREATED,
     EV_OUTPUT_REFUSED,
     EV_OUTPUT_STORED,
     EV_OUTPUTS_FAILED,
@@ -27,6 +28,8 @@ from worker.constants import (
 from worker.errors import HaulError, LeaseLost, ReportedFailure
 from worker.events import now_iso
 from worker.models import (
+    AliasMoved,
+    DatasetVersionCreated,
     Datum,
     ErrorInfo,
     OutputRefused,
@@ -36,6 +39,9 @@ from worker.models import (
     StoreOutputs,
 )
 from worker.pipeline.runtime import Runtime
+from worker.pipeline.sidecar import Metadata, read_sidecar
+from worker.records.aliases import AliasIndex
+from worker.records.datasets import DatasetIndex, Member
 from worker.records.datums import content_key, datum_id
 from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
@@ -50,13 +56,6 @@ class _Candidate:
     rel: str
     path: Path
     sidecar: Path | None
-
-
-@dataclass(frozen=True)
-class _Metadata:
-    tags: list[str]
-    alias: str | None
-    extra: dict[str, Any]
 
 
 def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
@@ -99,46 +98,41 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def read_sidecar(path: Path) -> _Metadata:
-    """Parse a ``.metadata.json`` sidecar; raise ValueError saying what is wrong."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("must be a JSON object")  # noqa: TRY004 (reported as a problem, not a bug)
-    tags = doc.pop("valohai.tags", [])
-    alias = doc.pop("valohai.alias", None)
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ValueError("valohai.tags must be a list of strings")
-    if alias is not None and not isinstance(alias, str):
-        raise ValueError("valohai.alias must be a string")
-    return _Metadata(tags, alias, doc)
-
-
 class _Job:
     def __init__(self, runtime: Runtime, msg: StoreOutputs) -> None:
         self.rt = runtime
         self.msg = msg
         self.store_name = runtime.settings.store_for_project(msg.project_id, msg.store)
         self.outputs = runtime.execution_dir(msg.execution_id) / OUTPUTS_DIR
+        self.aliases = AliasIndex(runtime.redis)
+        self.datasets = DatasetIndex(runtime.redis)
 
-    def refuse(self, rel: str, reason: str) -> None:
+    def refuse(self, rel: str, reason: str, *identity: str) -> None:
         self.rt.events.publish(
             EV_OUTPUT_REFUSED,
             self.msg.execution_id,
             OutputRefused(execution_id=self.msg.execution_id, path=rel, reason=reason),
             self.msg.execution_id,
             rel,
+            *identity,
         )
 
+    def metadata(self, c: _Candidate) -> Metadata:
+        """The file's sidecar, each unusable part of it reported against the sidecar."""
+        if c.sidecar is None:
+            return Metadata()
+        where = c.rel + METADATA_SUFFIX
+        try:
+            meta = read_sidecar(c.sidecar)
+        except ValueError as exc:
+            self.refuse(where, f"metadata sidecar ignored: {exc}")
+            return Metadata()
+        for problem in meta.problems:
+            self.refuse(where, problem, problem)
+        return meta
+
     def store_one(self, store: Store, c: _Candidate) -> dict[str, Any] | None:
-        meta = _Metadata([], None, {})
-        if c.sidecar is not None:
-            try:
-                meta = read_sidecar(c.sidecar)
-            except ValueError as exc:
-                self.refuse(c.rel + METADATA_SUFFIX, f"metadata sidecar ignored: {exc}")
+        meta = self.metadata(c)
         hashed = hash_file(c.path, self.rt.transfer)
         d = hashed.digests
         key = content_key(store.prefix, self.msg.project_id, d.sha256, c.path.name)
@@ -176,6 +170,15 @@ class _Job:
         )
         datum = index.add(datum)
         index.write_store_record(store, datum)
+        return self.announce(store, datum, meta, deduplicated)
+
+    def announce(
+        self, store: Store, datum: Datum, meta: Metadata, deduplicated: bool
+    ) -> dict[str, Any]:
+        """Join the datum's dataset versions, move its alias, publish ``haul.output.stored``."""
+        versions = self.join_versions(datum, meta)
+        if datum.alias is not None:
+            self.move_alias(store, datum, datum.alias)
         self.rt.events.publish(
             EV_OUTPUT_STORED,
             self.msg.execution_id,
@@ -183,30 +186,89 @@ class _Job:
                 execution_id=self.msg.execution_id,
                 project_id=self.msg.project_id,
                 datum_id=datum.datum_id,
-                path=c.rel,
+                path=datum.path,
                 uri=datum.uri,
                 key=datum.key,
-                size=d.size,
-                md5=d.md5,
-                sha1=d.sha1,
-                sha256=d.sha256,
+                size=datum.size,
+                md5=datum.md5,
+                sha1=datum.sha1,
+                sha256=datum.sha256,
                 deduplicated=deduplicated,
                 tags=datum.tags,
                 alias=datum.alias,
+                dataset_versions=versions,
             ),
             self.msg.execution_id,
-            c.rel,
-            d.sha256,
+            datum.path,
+            datum.sha256,
         )
         return {
             "datum_id": datum.datum_id,
-            "path": c.rel,
+            "path": datum.path,
             "uri": datum.uri,
             "key": datum.key,
-            "size": d.size,
-            "sha256": d.sha256,
+            "size": datum.size,
+            "sha256": datum.sha256,
             "deduplicated": deduplicated,
+            "dataset_versions": versions,
         }
+
+    def join_versions(self, datum: Datum, meta: Metadata) -> list[str]:
+        joined: list[str] = []
+        member = Member(datum.path, datum.datum_id)
+        for entry in dict.fromkeys(meta.dataset_versions):
+            reason = self.datasets.join(
+                self.msg.project_id, self.msg.execution_id, entry, member, datum.created_at
+            )
+            if reason is None:
+                if entry.target.uri not in joined:
+                    joined.append(entry.target.uri)
+            else:
+                self.refuse(
+                    datum.path, f"not added to {entry.target.uri}: {reason}", entry.target.uri
+                )
+        return joined
+
+    def move_alias(self, store: Store, datum: Datum, alias: str) -> None:
+        move = self.aliases.move(datum, alias)
+        self.aliases.write_store_record(store, move)
+        self.rt.events.publish(
+            EV_ALIAS_MOVED,
+            self.msg.execution_id,
+            AliasMoved(
+                project_id=move.project_id,
+                alias=move.alias,
+                datum_id=move.datum_id,
+                previous_datum_id=move.previous_datum_id,
+                execution_id=move.execution_id,
+            ),
+            move.project_id,
+            move.alias,
+            move.datum_id,
+        )
+
+    def seal_versions(self, store: Store) -> list[str]:
+        """Seal every version this execution named; one ``haul.dataset.version.created`` each."""
+        sealed: list[str] = []
+        for ref in self.datasets.claimed(self.msg.project_id, self.msg.execution_id):
+            version = self.datasets.seal(store, self.msg.project_id, self.msg.execution_id, ref)
+            self.rt.events.publish(
+                EV_DATASET_VERSION_CREATED,
+                self.msg.execution_id,
+                DatasetVersionCreated(
+                    project_id=self.msg.project_id,
+                    dataset=ref.dataset,
+                    version=ref.version,
+                    datum_ids=version.datum_ids,
+                    files=version.files,
+                    bytes=version.bytes,
+                ),
+                self.msg.project_id,
+                ref.dataset,
+                ref.version,
+            )
+            sealed.append(ref.uri)
+        return sealed
 
 
 def _check_lease(lease_lost: threading.Event | None, execution_id: str) -> None:
@@ -244,6 +306,7 @@ def store_outputs(
             _check_lease(lease_lost, msg.execution_id)
             if (one := job.store_one(store, c)) is not None:
                 stored.append(one)
+        versions = job.seal_versions(store)
     except LeaseLost:
         raise
     except HaulError as exc:
@@ -274,5 +337,6 @@ def store_outputs(
         "bytes": total,
         "seconds": seconds,
         "datums": stored,
+        "dataset_versions": versions,
         "refused": [{"path": p, "reason": r} for p, r in refused],
     }

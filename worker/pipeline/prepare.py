@@ -399,7 +399,7 @@ def prepare_inputs(
     skipped: list[dict[str, str]] = []
     for spec in msg.inputs:
         try:
-            files, skips = plan_input(runtime, spec)
+            files, skips = plan_input(runtime, spec, msg.project_id)
         except HaulError as exc:
             job.failed(exc, None, spec.name, exc.url)
             raise InputsFailedError(f"input {spec.name!r}: {exc}") from exc

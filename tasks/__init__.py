@@ -1,4 +1,7 @@
-"""haul's Celery app: ``celery -A tasks worker -Q haul.inputs,haul.outputs,haul.control``."""
+"""haul's Celery app.
+
+``celery -A tasks worker -Q haul.inputs,haul.outputs,haul.control,haul.watch``
+"""
 
 from tasks.app import app
 

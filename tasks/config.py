@@ -6,7 +6,7 @@ from typing import Any
 
 from kombu.entity import Exchange, Queue
 
-from worker.constants import QUEUE_CONTROL, QUEUE_INPUTS, QUEUE_OUTPUTS, TASK_QUEUES
+from worker.constants import ALL_QUEUES, QUEUE_CONTROL, TASK_QUEUES
 from worker.settings import Settings
 
 
@@ -30,8 +30,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # Each queue on its own direct exchange with its own name as routing key: what a
         # plain `send_task(..., queue="haul.inputs")` from any Celery client publishes to.
         "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in (QUEUE_INPUTS, QUEUE_OUTPUTS, QUEUE_CONTROL)
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES
         ],
         "task_default_exchange": QUEUE_CONTROL,
         "task_default_routing_key": QUEUE_CONTROL,

@@ -56,6 +56,9 @@ KEY_DATASET_NEW: Final = "haul:dataset:new"  # :<project>:<dataset>:<version> ->
 KEY_DATASET_PAGES: Final = "haul:dataset:pages"  # :<project>:<dataset>:<version> -> list
 KEY_DATASET_CLAIMS: Final = "haul:datasets:claimed"  # :<project>:<execution> -> set of versions
 KEY_WATCH_STOP: Final = "haul:watch:stop"  # :<execution> -> set when store_outputs began
+KEY_WATCH_ACTIVE: Final = "haul:watch:active"  # :<execution> -> set while a watch may run
+KEY_WATCH_ROUND: Final = "haul:watch:round"  # :<execution> -> task id of the current round
+KEY_WATCH_STARTED: Final = "haul:watch:started"  # :<execution> -> epoch s of the first round
 KEY_WATCH_STORED: Final = "haul:watch:stored"  # :<execution> -> rel path -> live record
 KEY_WATCH_FILE_LOCK: Final = "haul:watch:file"  # :<execution>:<path digest> -> lock
 

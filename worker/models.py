@@ -109,6 +109,14 @@ class StoreOutputs(_Message):
     store: str | None = None
 
 
+class WatchOutputs(_Message):
+    """``haul.watch_outputs``: store outputs while the execution runs (contract section 9)."""
+
+    execution_id: Id
+    project_id: Id
+    store: str | None = None
+
+
 class Purge(_Message):
     project_id: Id
     datum_ids: Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(min_length=1)]
@@ -120,6 +128,7 @@ MESSAGES: dict[str, type[_Message]] = {
     "haul.prepare_inputs": PrepareInputs,
     "haul.store_outputs": StoreOutputs,
     "haul.purge": Purge,
+    "haul.watch_outputs": WatchOutputs,
 }
 
 

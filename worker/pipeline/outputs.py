@@ -43,6 +43,7 @@ from worker.pipeline.sidecar import Metadata, read_sidecar
 from worker.records.aliases import AliasIndex
 from worker.records.datasets import DatasetIndex, Member
 from worker.records.datums import content_key, datum_id
+from worker.records.live import FileSignature, LiveFiles
 from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
 
@@ -52,13 +53,13 @@ class OutputsFailedError(ReportedFailure):
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
     rel: str
     path: Path
     sidecar: Path | None
 
 
-def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
+def scan(outputs: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """Regular files to store, and (path, reason) of everything refused."""
     files: dict[str, Path] = {}
     refused: list[tuple[str, str]] = []
@@ -90,7 +91,7 @@ def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
         if rel.endswith(METADATA_SUFFIX) and rel.removesuffix(METADATA_SUFFIX) in files:
             continue
         sidecar = files.get(rel + METADATA_SUFFIX)
-        candidates.append(_Candidate(rel, files[rel], sidecar))
+        candidates.append(Candidate(rel, files[rel], sidecar))
     return candidates, refused
 
 
@@ -98,7 +99,7 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-class _Job:
+class OutputsJob:
     def __init__(self, runtime: Runtime, msg: StoreOutputs) -> None:
         self.rt = runtime
         self.msg = msg
@@ -117,7 +118,7 @@ class _Job:
             *identity,
         )
 
-    def metadata(self, c: _Candidate) -> Metadata:
+    def metadata(self, c: Candidate) -> Metadata:
         """The file's sidecar, each unusable part of it reported against the sidecar."""
         if c.sidecar is None:
             return Metadata()
@@ -131,7 +132,30 @@ class _Job:
             self.refuse(where, problem, problem)
         return meta
 
-    def store_one(self, store: Store, c: _Candidate) -> dict[str, Any] | None:
+    def store_watched(self, store: Store, c: Candidate, live: LiveFiles) -> dict[str, Any] | None:
+        """A file of a watched execution: the very file the watch stored is not sent again."""
+        with live.file_lock(c.rel):
+            record = live.get(c.rel)
+            if record is not None and record.file == FileSignature.of(os.lstat(c.path)):
+                return self.reuse(store, c, record.datum_id)
+            return self.store_one(store, c)
+
+    def reuse(self, store: Store, c: Candidate, did: str) -> dict[str, Any] | None:
+        """The datum stored live for ``c``, with the metadata its sidecar holds now."""
+        datum = self.rt.datums.get(did)
+        if datum.purged:
+            self.refuse(c.rel, f"datum {did} was purged; its content is not stored again")
+            return None
+        meta = self.metadata(c)
+        updated = datum.model_copy(
+            update={"tags": meta.tags, "alias": meta.alias, "metadata": meta.extra}
+        )
+        if updated != datum:
+            updated = self.rt.datums.update(updated)
+            self.rt.datums.write_store_record(store, updated)
+        return self.announce(store, updated, meta, deduplicated=True)
+
+    def store_one(self, store: Store, c: Candidate) -> dict[str, Any] | None:
         meta = self.metadata(c)
         hashed = hash_file(c.path, self.rt.transfer)
         d = hashed.digests
@@ -293,18 +317,23 @@ def store_outputs(
     runtime: Runtime, msg: StoreOutputs, lease_lost: threading.Event | None = None
 ) -> dict[str, Any]:
     started = time.monotonic()
-    job = _Job(runtime, msg)
+    job = OutputsJob(runtime, msg)
     try:
         if not job.outputs.is_dir() or job.outputs.is_symlink():
             raise OutputsFailedError(f"execution {msg.execution_id} has no outputs/ folder")
         store = runtime.sources.store(job.store_name)
+        # A watch of this execution ends now; files it stored are recognised, not sent again.
+        live = LiveFiles(runtime.redis, msg.execution_id)
+        live.stop()
+        watched = live.watched()
         candidates, refused = scan(job.outputs)
         for rel, reason in refused:
             job.refuse(rel, reason)
         stored = []
         for c in candidates:
             _check_lease(lease_lost, msg.execution_id)
-            if (one := job.store_one(store, c)) is not None:
+            one = job.store_watched(store, c, live) if watched else job.store_one(store, c)
+            if one is not None:
                 stored.append(one)
         versions = job.seal_versions(store)
     except LeaseLost:

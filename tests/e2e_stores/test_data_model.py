@@ -99,7 +99,7 @@ def test_alias_and_dataset_versions_on_every_store(data_lake: Lake) -> None:
         _write(out, rel, data, meta)
     _store(lake, a)
     stored_a = _stored(lake, a)
-    assert {p: d["dataset_versions"] for p, d in stored_a.items()} == dict.fromkeys(files_a, [v1])
+    assert {p: d["dataset_versions"] for p, d in stored_a.items()} == {p: [v1] for p in files_a}
     assert stored_a["model.bin"]["alias"] == alias
     moved = [e["data"] for e in lake.events(a, "haul.alias.moved")]
     assert moved == [
@@ -130,7 +130,7 @@ def test_alias_and_dataset_versions_on_every_store(data_lake: Lake) -> None:
     assert "sealed" in refused[0]["reason"]
     moved_b = [e["data"] for e in lake.events(b, "haul.alias.moved")]
     assert moved_b[0]["previous_datum_id"] == stored_a["model.bin"]["datum_id"]
-    created_b = [e for e in lake.events(b, "haul.dataset.version.created")]
+    created_b = lake.events(b, "haul.dataset.version.created")
     members_v2 = {
         stored_a["model.bin"]["datum_id"],
         stored_a["data/a.txt"]["datum_id"],

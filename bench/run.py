@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--haul-mode", choices=["auto", "cli", "run_fetch", "engine"], default="auto",
-        help="how haul is run: the CLI, worker.fetch.run_fetch, or the bare engine",
+        help="how haul is run: the CLI, worker.cli.fetch.run_fetch, or the bare engine",
     )  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=300.0, help="limit for one run")
     p.add_argument(
@@ -101,7 +101,7 @@ def detect_haul(forced: str) -> tuple[str, str]:
         )
         if probe.returncode == 0:
             return "cli", haul_bin
-    if importlib.util.find_spec("worker.fetch") is not None:
+    if importlib.util.find_spec("worker.cli.fetch") is not None:
         return "run_fetch", haul_bin
     return "engine", haul_bin
 
@@ -248,7 +248,7 @@ def hashing_ceiling(args: argparse.Namespace, work: Path, env: dict[str, str]) -
 
 def haul_startup_s(args: argparse.Namespace, work: Path, env: dict[str, str]) -> float | None:
     """Interpreter start, haul's imports and settings: paid once by every ``haul fetch``."""
-    code = "import worker.cli, worker.fetch, worker.settings as s; s.load_settings()"
+    code = "import worker.cli, worker.cli.fetch, worker.settings as s; s.load_settings()"
     walls = []
     for rnd in range(args.runs):
         logs = work / "logs"

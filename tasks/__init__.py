@@ -1,8 +1,5 @@
-"""haul's Celery app.
+"""haul's Celery app: ``celery -A tasks worker -Q haul.inputs,haul.outputs,haul.control,...``.
 
-``celery -A tasks worker -Q haul.inputs,haul.outputs,haul.control,haul.watch``
+Importing this package does nothing: :func:`tasks.app.create_app` builds an app from a settings
+object, and ``tasks/celery.py`` (what ``celery -A tasks`` finds) builds the worker's own.
 """
-
-from tasks.app import app
-
-__all__ = ["app"]

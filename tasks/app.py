@@ -1,48 +1,69 @@
-"""The Celery app, configured from the one settings object read at start."""
+"""The Celery app, built from a settings object: :func:`create_app`.
+
+Nothing happens at import: ``tasks/celery.py`` is the one place that reads the settings and
+builds the app that ``celery -A tasks`` runs.
+"""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import setup_logging, worker_process_shutdown, worker_ready
 
 from tasks.config import celery_config
+from tasks.runner import ProcessRuntime, run_task
 from worker.logs import configure_logging
-from worker.settings import Settings, load_settings
-
-settings: Settings = load_settings()
-
-app = Celery("haul")
-app.conf.update(celery_config(settings))
+from worker.pipeline.jobs import JOBS
+from worker.pipeline.protocol import Job
+from worker.settings import Settings
 
 
-@setup_logging.connect
-def _setup_logging(**_: Any) -> None:
-    configure_logging(settings.log_format, settings.log_level)
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``, with every job of ``JOBS`` as a task."""
+    app = Celery("haul", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    runtime = ProcessRuntime(settings)
+    for job in JOBS:
+        app.task(name=job.task, bind=True)(_task_function(job, runtime))
+    _connect_signals(app, settings, runtime)
+    return app
 
 
-@worker_ready.connect
-def _sigterm_requeues(**_: Any) -> None:
-    """SIGTERM in the main process takes Celery's cold-shutdown path (as SIGQUIT does).
+def _task_function(job: Job[Any], runtime: ProcessRuntime) -> Callable[..., dict[str, Any]]:
+    def task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run_task(self, job, runtime.get(), args, kwargs)
 
-    That path starts with the soft shutdown (``shutdown_grace_s`` for running tasks to
-    finish), then terminates the pool and requeues what is unacknowledged, so a stopped pod
-    hands its work on at once instead of holding it until the end (Celery's default warm
-    shutdown) or the visibility timeout. Celery's ``REMAP_SIGTERM`` is not used: with it the
-    pool's children ignore the very signal the pool then terminates them with.
-    """
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGQUIT))
+    task.__name__ = task.__qualname__ = job.task.replace(".", "_")
+    task.__doc__ = f"The contract task {job.task} (message {job.model.__name__})."
+    return task
 
 
-@worker_process_shutdown.connect
-def _close_runtime(**_: Any) -> None:
-    from tasks.runner import close_runtime
+def _connect_signals(app: Celery, settings: Settings, runtime: ProcessRuntime) -> None:
+    # Celery's signals are process-wide: each handler is kept by the app (weak=False would
+    # keep apps alive forever) and answers only for a worker of this app.
+    def _setup_logging(**_: Any) -> None:
+        configure_logging(settings.log_format, settings.log_level)
 
-    close_runtime()
+    def _sigterm_requeues(sender: Any = None, **_: Any) -> None:
+        """SIGTERM in the main process takes Celery's cold-shutdown path (as SIGQUIT does).
 
+        That path starts with the soft shutdown (``shutdown_grace_s`` for running tasks to
+        finish), then terminates the pool and requeues what is unacknowledged, so a stopped
+        pod hands its work on at once instead of holding it until the end (Celery's default
+        warm shutdown) or the visibility timeout. Celery's ``REMAP_SIGTERM`` is not used: with
+        it the pool's children ignore the very signal the pool then terminates them with.
+        """
+        if getattr(sender, "app", app) is app:
+            signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGQUIT))
 
-# Register the tasks.
-import tasks.handlers  # noqa: E402, F401
+    def _close_runtime(**_: Any) -> None:
+        runtime.close()
+
+    handlers = (_setup_logging, _sigterm_requeues, _close_runtime)
+    app.haul_signal_handlers = handlers
+    setup_logging.connect(_setup_logging, weak=True)
+    worker_ready.connect(_sigterm_requeues, weak=True)
+    worker_process_shutdown.connect(_close_runtime, weak=True)

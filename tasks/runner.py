@@ -1,7 +1,9 @@
-"""The task boundary: validation, the execution lease, and failures turned into events.
+"""The Celery side of the task boundary: the message, the execution's lease, one Runtime.
 
-This is the one place where a broad ``except`` is allowed: whatever goes wrong in a job becomes
-an event with a code and a message, and the task ends with a JSON summary or a failure.
+What a job does and how its outcome is published is the job protocol
+(:mod:`worker.pipeline.protocol`); this module adds what only a Celery task has: the raw
+arguments, the rejection of a message that cannot be used, the lease (a held one retries the
+message later), and one :class:`Runtime` per worker process.
 """
 
 from __future__ import annotations
@@ -11,46 +13,42 @@ import json
 import logging
 import os
 import re
-import threading
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Task
-from redis.exceptions import RedisError
-
-from worker.constants import EV_MESSAGE_REJECTED
-from worker.errors import (
-    HaulError,
-    InternalError,
-    LeaseHeld,
-    MessageError,
-    ReportedFailure,
-)
+from worker.constants import EV_MESSAGE_REJECTED, TASK_QUEUES
+from worker.errors import LeaseHeld, MessageError
 from worker.lease import Lease
-from worker.logs import redact_text
 from worker.models import ID_PATTERN, FieldProblem, MessageRejected, validate_message
+from worker.pipeline.protocol import REPEAT_STATUS, Delivery, Job, execute, with_delivery
 from worker.pipeline.runtime import Runtime
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger("haul.tasks")
 ID_RE = re.compile(ID_PATTERN)
-_runtime: tuple[int, Runtime] | None = None
+#: the message header naming the round that sent a round (jobs declared ``repeats``)
+SENT_BY_HEADER = "haul_sent_by"
 
 
-def runtime() -> Runtime:
-    """One Runtime per process (created after the prefork pool forks, never shared)."""
-    global _runtime
-    if _runtime is None or _runtime[0] != os.getpid():
-        from tasks.app import settings
+class ProcessRuntime:
+    """One :class:`Runtime` per process, built on first use after the prefork pool forked
+    (a Redis connection or a thread pool must never be shared across a fork)."""
 
-        _runtime = (os.getpid(), Runtime.from_settings(settings))
-    return _runtime[1]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runtime: tuple[int, Runtime] | None = None
 
+    def get(self) -> Runtime:
+        if self._runtime is None or self._runtime[0] != os.getpid():
+            self._runtime = (os.getpid(), Runtime.from_settings(self.settings))
+        return self._runtime[1]
 
-def close_runtime() -> None:
-    global _runtime
-    if _runtime is not None and _runtime[0] == os.getpid():
-        _runtime[1].close()
-    _runtime = None
+    def close(self) -> None:
+        if self._runtime is not None and self._runtime[0] == os.getpid():
+            self._runtime[1].close()
+        self._runtime = None
 
 
 def message_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -96,53 +94,49 @@ def reject(rt: Runtime, task_name: str, payload: Any, exc: MessageError) -> dict
     return {"status": "rejected", "task": task_name, "reason": str(exc), "errors": exc.errors}
 
 
-def run(
+def run_task(
     task: Task,
-    task_name: str,
-    model: Any,
-    job: Callable[[Runtime, Any, threading.Event | None], dict[str, Any]],
+    job: Job[Any],
+    rt: Runtime,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    lease_on: str | None,
-    on_failure: Callable[[Runtime, Any, HaulError], None] | None = None,
 ) -> dict[str, Any]:
-    """Validate, hold the execution's lease, run ``job``; ``on_failure`` publishes the job's
-    failure event for errors the job did not foresee (the job reports its own HaulErrors)."""
-    rt = runtime()
+    """Validate, hold the lease, :func:`execute` the job: its summary, or its failure raised
+    after the failure event was published."""
     payload = message_from(args, kwargs)
     try:
-        msg = validate_message(model, payload)
+        msg = validate_message(job.model, payload)
         _check_store(rt, msg)
     except MessageError as exc:
-        return reject(rt, task_name, payload, exc)
-    lease: Lease | None = None
-    if lease_on is not None:
-        lease = Lease(rt.redis, f"{task_name}:{getattr(msg, lease_on)}", rt.settings.lease_ttl_s)
-        try:
-            lease.acquire()
-        except LeaseHeld as exc:
-            log.info("%s; retrying in %d s", exc, rt.settings.lease_retry_s)
-            raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
+        return reject(rt, job.task, payload, exc)
+    if job.lease_key is None:
+        return execute(rt, job, msg)
+    lease = Lease(rt.redis, job.lease_key(msg), rt.settings.lease_ttl_s)
     try:
-        return job(rt, msg, lease.lost if lease is not None else None)
-    except ReportedFailure:
-        raise
-    except HaulError as exc:
-        if on_failure is not None:
-            on_failure(rt, msg, exc)
-        raise
-    except RedisError as exc:
-        log.exception("Redis failed during %s", task_name)
-        raise HaulError(f"Redis is unavailable: {type(exc).__name__}") from None
-    except Exception as exc:  # the task boundary: every failure becomes an event
-        log.exception("%s failed unexpectedly", task_name)
-        error = InternalError(f"{type(exc).__name__}: {redact_text(str(exc))}")
-        if on_failure is not None:
-            try:
-                on_failure(rt, msg, error)
-            except RedisError:
-                log.exception("could not publish the failure of %s", task_name)
-        raise error from None
+        lease.acquire()
+    except LeaseHeld as exc:
+        log.info("%s; retrying in %d s", exc, rt.settings.lease_retry_s)
+        raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
+    try:
+        if not job.repeats:
+            return execute(rt, job, msg, lease.lost)
+        delivery = _delivery(task)
+        summary = with_delivery(delivery, lambda: execute(rt, job, msg, lease.lost))
     finally:
-        if lease is not None:
-            lease.release()
+        lease.release()
+    if summary.get("status") == REPEAT_STATUS:
+        # Sent after the lease is released, so the next round can take it at once.
+        task.app.send_task(
+            job.task,
+            args=list(args),
+            kwargs=kwargs,
+            queue=TASK_QUEUES[job.task],
+            headers={SENT_BY_HEADER: delivery.message_id},
+        )
+    return summary
+
+
+def _delivery(task: Task) -> Delivery:
+    request = task.request
+    sent_by = getattr(request, SENT_BY_HEADER, None) or (request.headers or {}).get(SENT_BY_HEADER)
+    return Delivery(str(request.id), sent_by)

@@ -8,6 +8,7 @@ no credentials, no presigned query strings.
 
     HaulError
     ├── ConfigError                 settings that cannot be used (raised at start)
+    ├── RedisUnavailable            Redis did not answer while a job ran
     ├── MessageError                a message that does not validate (never retried)
     ├── UnsafePathError             a name, id or path that would leave its folder
     ├── SourceError                 something wrong with where the bytes come from
@@ -117,8 +118,16 @@ class IntegrityError(StoreError):
 
 
 class TransientError(StoreError):
+    """Worth another attempt. ``retry_after_s`` is the server's own wish (``Retry-After``, a
+    throttling answer), which the engine's retry policy honours within its budget."""
+
     code = "transient_error"
     retryable = True
+
+    def __init__(self, message: str = "", *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        #: how long the server asked us to wait (``Retry-After``); the retry policy honours it
+        self.retry_after_s = retry_after_s
 
 
 class DiskFullError(HaulError):
@@ -132,7 +141,11 @@ class DestinationError(HaulError):
 
 
 class ReportedFailure(HaulError):
-    """A job failure whose event was already published (the task boundary adds none)."""
+    """A job's end whose outcome another copy of the job reports (the runner publishes none).
+
+    Only :class:`LeaseLost` is one: every other failure gets its event from the job protocol
+    (``worker/pipeline/protocol.py``), whatever it is.
+    """
 
     code = "failed"
 
@@ -148,6 +161,12 @@ class InternalError(HaulError):
     """Anything that was not foreseen, turned into an event at the task boundary."""
 
     code = "internal_error"
+
+
+class RedisUnavailable(HaulError):
+    """Redis (events, leases, records) did not answer while a job ran."""
+
+    code = "redis_unavailable"
 
 
 class Interrupted(HaulError):

@@ -13,9 +13,12 @@ import re
 import sys
 from typing import Any
 
+from worker.stores import registry
 from worker.urls import redact_url
 
-_URL = re.compile(r"\b(?:https?|s3|gs|azure|swift)://[^\s'\"<>]+")
+#: every URL a line may hold: http(s) and each store type's scheme (the registry's list)
+_SCHEMES = "|".join(["https?", *(re.escape(t.scheme) for t in registry.STORE_TYPES)])
+_URL = re.compile(rf"\b(?:{_SCHEMES})://[^\s'\"<>]+")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import platformdirs
 from pydantic import (
@@ -30,6 +30,11 @@ from pydantic import (
 )
 
 from worker.errors import ConfigError
+from worker.stores import registry
+from worker.stores.local import LocalStoreConfig
+from worker.stores.plugin import StoreConfigBase, StoreSecrets
+
+__all__ = ["LocalStoreConfig", "Settings", "StoreConfig", "StoreSecrets", "load_settings"]
 
 ENV_PREFIX = "HAUL_"
 CONFIG_ENV = "HAUL_CONFIG"
@@ -44,68 +49,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LocalStoreConfig(_Strict):
-    type: Literal["local"]
-    path: Path
-
-
-class S3StoreConfig(_Strict):
-    type: Literal["s3"]
-    bucket: Annotated[str, Field(min_length=3, max_length=63)]
-    prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
-    profile: str | None = None
-    #: ranged reads through presigned URLs and http.client (no proxy); false: boto3 for all
-    fast_reads: bool = True
-
-
-class AzureStoreConfig(_Strict):
-    type: Literal["azure"]
-    container: Annotated[str, Field(min_length=3, max_length=63)]
-    account_url: str | None = None
-    prefix: str = ""
-    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
-
-
-class GCSStoreConfig(_Strict):
-    type: Literal["gcs"]
-    bucket: Annotated[str, Field(min_length=3, max_length=222)]
-    prefix: str = ""
-    endpoint_url: str | None = None
-    project: str | None = None
-
-
-class SwiftStoreConfig(_Strict):
-    type: Literal["swift"]
-    auth_url: str
-    auth_version: Literal["1.0", "3"] = "1.0"
-    project: str
-    container: Annotated[str, Field(min_length=1, max_length=256)]
-    prefix: str = ""
-    user_env: str = "ST_USER"
-    key_env: str = "ST_KEY"
-
-
-StoreConfig = Annotated[
-    LocalStoreConfig | S3StoreConfig | AzureStoreConfig | GCSStoreConfig | SwiftStoreConfig,
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    StoreConfig = StoreConfigBase
+else:
+    # Every store type's config model, told apart by its ``type`` key (the registry's list).
+    StoreConfig = Annotated[
+        Union[tuple(t.config for t in registry.STORE_TYPES)],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 class ProjectConfig(_Strict):
     store: str
-
-
-class StoreSecrets(BaseModel):
-    """Credentials a store takes from named environment variables, captured at start."""
-
-    model_config = ConfigDict(frozen=True)
-    values: dict[str, SecretStr] = Field(default_factory=dict)
-
-    def get(self, name: str) -> str | None:
-        value = self.values.get(name)
-        return value.get_secret_value() if value is not None else None
 
 
 def _default_data_dir() -> Path:
@@ -280,11 +235,7 @@ def _format_errors(exc: ValidationError) -> str:
     for err in exc.errors():
         # Drop the discriminator tag pydantic inserts ("stores.lake.s3.bucket").
         loc = [str(p) for p in err["loc"]]
-        if (
-            len(loc) >= 3
-            and loc[0] == "stores"
-            and loc[2] in {"local", "s3", "azure", "gcs", "swift"}
-        ):
+        if len(loc) >= 3 and loc[0] == "stores" and loc[2] in registry.type_names():
             del loc[2]
         key = ".".join(loc) or "settings"
         msg = err["msg"].removeprefix("Value error, ")
@@ -295,23 +246,7 @@ def _format_errors(exc: ValidationError) -> str:
 def _capture_secrets(settings: Settings, environ: Mapping[str, str]) -> dict[str, StoreSecrets]:
     secrets: dict[str, StoreSecrets] = {}
     for name, cfg in settings.all_stores().items():
-        wanted: dict[str, str] = {}
-        if isinstance(cfg, AzureStoreConfig):
-            wanted["connection_string"] = cfg.connection_string_env
-        elif isinstance(cfg, GCSStoreConfig):
-            # The SDK honours it too; captured here so the store sees it without reading env.
-            wanted["storage_emulator_host"] = "STORAGE_EMULATOR_HOST"
-        elif isinstance(cfg, SwiftStoreConfig):
-            wanted |= {"user": cfg.user_env, "key": cfg.key_env}
-            for os_var in (
-                "OS_USERNAME",
-                "OS_PASSWORD",
-                "OS_USER_DOMAIN_NAME",
-                "OS_PROJECT_DOMAIN_NAME",
-                "OS_PROJECT_NAME",
-                "OS_REGION_NAME",
-            ):
-                wanted[os_var.lower()] = os_var
+        wanted = registry.secret_env(cfg)
         values = {k: SecretStr(environ[v]) for k, v in wanted.items() if environ.get(v)}
         secrets[name] = StoreSecrets(values=values)
     return secrets

@@ -9,67 +9,30 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from worker.errors import UnsupportedURL
+from worker.net.redact import redact_url
+from worker.stores import registry
 
-Scheme = Literal["s3", "azure", "gs", "swift", "http", "https", "datum", "dataset", "file"]
+__all__ = [
+    "WILDCARD_CHARS",
+    "ParsedURL",
+    "matches",
+    "parse_input_url",
+    "redact_url",
+    "suffix_base",
+    "wildcard_prefix",
+    "wildcard_regex",
+]
+
 WILDCARD_CHARS = ("*", "?", "[")
-
-# Query parameters that carry credentials in presigned / SAS / token URLs (lower-case).
-_SECRET_PARAMS = {
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "signature",
-    "awsaccesskeyid",
-    "x-goog-signature",
-    "x-goog-credential",
-    "googleaccessid",
-    "sig",
-    "se",
-    "sp",
-    "sv",
-    "sr",
-    "st",
-    "skoid",
-    "sktid",
-    "skt",
-    "ske",
-    "sks",
-    "skv",
-    "spr",
-    "srt",
-    "ss",
-    "token",
-    "access_token",
-    "api_key",
-    "apikey",
-    "key",
-    "password",
-    "passwd",
-    "secret",
-    "auth",
-    "temp_url_sig",
-    "temp_url_expires",
-    "x-amz-date",
-    "x-amz-expires",
-    "x-amz-signedheaders",
-    "x-amz-algorithm",
-    "x-goog-date",
-    "x-goog-expires",
-    "x-goog-signedheaders",
-    "x-goog-algorithm",
-    "expires",
-    "policy",
-    "key-pair-id",
-}
 
 
 @dataclass(frozen=True)
 class ParsedURL:
-    scheme: Scheme
+    #: ``http``, ``https``, ``datum`` or a store type's scheme (:mod:`worker.stores.registry`)
+    scheme: str
     #: the container path: (bucket,) for s3/gs, (account, container) for azure,
     #: (project, container) for swift, (host,) for http(s), (dataset,) for dataset,
     #: () for datum/file
@@ -96,7 +59,7 @@ def parse_input_url(url: str) -> ParsedURL:
         parts = urlsplit(url)
         if not parts.hostname:
             raise UnsupportedURL(f"URL without a host: {redact_url(url)}")
-        return ParsedURL(scheme, (parts.hostname,), url, url)  # type: ignore[arg-type]
+        return ParsedURL(scheme, (parts.hostname,), url, url)
     if scheme == "datum":
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", rest):
             raise UnsupportedURL(f"not a datum id: {url}")
@@ -111,39 +74,14 @@ def parse_input_url(url: str) -> ParsedURL:
         if not rest.startswith("/"):
             raise UnsupportedURL(f"file URLs must be absolute: {url}")
         return ParsedURL("file", (), unquote(rest), url)
-    segments = {"s3": 1, "gs": 1, "azure": 2, "swift": 2}.get(scheme)
-    if segments is None:
+    kind = registry.by_scheme(scheme)
+    if kind is None:
         raise UnsupportedURL(f"unsupported URL scheme {scheme!r} in {redact_url(url)}")
+    segments = kind.location_parts
     parts_list = rest.split("/", segments)
     if len(parts_list) <= segments or not all(parts_list[:segments]) or not parts_list[-1]:
-        shape = {
-            "s3": "s3://bucket/key",
-            "gs": "gs://bucket/key",
-            "azure": "azure://account/container/blob",
-            "swift": "swift://project/container/object",
-        }[scheme]
-        raise UnsupportedURL(f"{redact_url(url)} is not of the form {shape}")
-    return ParsedURL(scheme, tuple(parts_list[:segments]), parts_list[segments], url)  # type: ignore[arg-type]
-
-
-def redact_url(url: str) -> str:
-    """The URL without userinfo or credential query parameters; safe for logs and events."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        kept = [
-            (k, v)
-            for k, v in parse_qsl(query, keep_blank_values=True)
-            if k.lower() not in _SECRET_PARAMS and not k.lower().startswith(("x-amz-", "x-goog-"))
-        ]
-        query = urlencode(kept, quote_via=quote, safe="/:")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        raise UnsupportedURL(f"{redact_url(url)} is not of the form {kind.url_form}")
+    return ParsedURL(scheme, tuple(parts_list[:segments]), parts_list[segments], url)
 
 
 def wildcard_prefix(key: str) -> str:

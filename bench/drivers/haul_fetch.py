@@ -1,7 +1,7 @@
 """``haul fetch`` for the benchmark when the CLI is not there: ``run_fetch`` from python.
 
 Usage: ``haul_fetch.py --to DIR [--list FILE] [--timing FILE] [URL ...]``. Settings come from the
-environment exactly as for the CLI. When ``worker.fetch`` does not exist yet, the transfer engine
+environment exactly as for the CLI. When ``worker.cli.fetch`` does not exist, the transfer engine
 is driven directly (``worker.transfer.download.download``, ``files_in_flight`` at a time) so the
 harness can be built and debugged; the timing file then says ``mode=engine``.
 """
@@ -54,7 +54,7 @@ def main() -> int:
     settings = load_settings()
     started = time.perf_counter()
     try:
-        from worker.fetch import run_fetch
+        from worker.cli.fetch import run_fetch
     except ImportError:
         mode = "engine"
         _engine_fetch(urls, args.to, settings)

@@ -7,15 +7,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from worker.settings import (
-    AzureStoreConfig,
-    GCSStoreConfig,
-    LocalStoreConfig,
-    S3StoreConfig,
-    Settings,
-    SwiftStoreConfig,
-    load_settings,
-)
+from worker.settings import Settings, load_settings
+from worker.stores.azure import AzureStoreConfig
+from worker.stores.gcs import GCSStoreConfig
+from worker.stores.local import LocalStoreConfig
+from worker.stores.s3 import S3StoreConfig
+from worker.stores.swift import SwiftStoreConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "haul.example.toml"
 # Shown with an example value rather than the default (the default depends on the machine).

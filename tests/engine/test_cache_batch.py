@@ -12,8 +12,8 @@ import pytest
 
 from tests.engine.conftest import SMALL_CFG, digests_of, leftovers
 from tests.support.httpserver import TestHTTPServer
+from worker.cli.fetch import run_fetch
 from worker.errors import NotFound
-from worker.fetch import run_fetch
 from worker.hashing import Digests
 from worker.settings import Settings
 from worker.stores.base import ObjectInfo

@@ -17,9 +17,11 @@ from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.servers import RedisServer
 from worker.errors import DiskFullError
 from worker.models import PrepareInputs
-from worker.pipeline import prepare
-from worker.pipeline.prepare import prepare_inputs
+from worker.pipeline import recording
+from worker.pipeline.jobs import PREPARE_INPUTS
+from worker.pipeline.protocol import execute
 from worker.pipeline.runtime import Runtime
+from worker.records import finished
 from worker.records.haul_log import HaulLog
 from worker.settings import load_settings
 
@@ -64,9 +66,9 @@ def events(rt: Runtime) -> list[dict[str, Any]]:
 def test_small_chunks_keep_one_line_per_fact_and_the_event_order(
     site: TestHTTPServer, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(prepare, "_RECORD_CHUNK", 3)  # 8 files: chunks of 3, 3, 2
-    monkeypatch.setattr(prepare, "_REMEMBER_BATCH", 3)
-    first = prepare_inputs(runtime, message(site, "e1"))
+    monkeypatch.setattr(recording, "_RECORD_CHUNK", 3)  # 8 files: chunks of 3, 3, 2
+    monkeypatch.setattr(finished, "_BATCH", 3)
+    first = execute(runtime, PREPARE_INPUTS, message(site, "e1"))
     assert first["files"] == 8
     log_path = runtime.execution_dir("e1") / "haul.log"
     lines = log_path.read_text().splitlines()
@@ -81,7 +83,7 @@ def test_small_chunks_keep_one_line_per_fact_and_the_event_order(
     assert len(runtime.redis.hkeys("haul:inputs:files:e1")) == 8
 
     # A redelivery reuses every file and writes no line twice; its events repeat the ids.
-    again = prepare_inputs(runtime, message(site, "e1"))
+    again = execute(runtime, PREPARE_INPUTS, message(site, "e1"))
     assert again["files"] == 8
     assert log_path.read_text().splitlines() == lines
     repeated = [e for e in events(runtime) if e["type"] == "haul.input.downloaded"][8:]
@@ -92,10 +94,10 @@ def test_small_chunks_keep_one_line_per_fact_and_the_event_order(
 def test_a_change_warning_follows_its_file_in_a_chunk(
     site: TestHTTPServer, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(prepare, "_RECORD_CHUNK", 3)
-    prepare_inputs(runtime, message(site, "e1"))
+    monkeypatch.setattr(recording, "_RECORD_CHUNK", 3)
+    execute(runtime, PREPARE_INPUTS, message(site, "e1"))
     site.put_file("/d/f4.bin", b"replaced")
-    result = prepare_inputs(runtime, message(site, "e2"))
+    result = execute(runtime, PREPARE_INPUTS, message(site, "e2"))
     assert [c["path"] for c in result["changed"]] == ["/valohai/inputs/x/f4.bin"]
     all_events = events(runtime)
     first_ready = next(i for i, e in enumerate(all_events) if e["type"] == "haul.inputs.ready")
@@ -112,7 +114,7 @@ def test_a_change_warning_follows_its_file_in_a_chunk(
 def test_a_redis_error_keeps_finished_records_for_the_next_flush(
     site: TestHTTPServer, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = prepare._Job(runtime, message(site, "e3"), None)
+    job = finished.FinishedFiles(runtime.redis, "e3")
     calls = {"n": 0}
     real_pipeline = runtime.redis.pipeline
 
@@ -123,21 +125,21 @@ def test_a_redis_error_keeps_finished_records_for_the_next_flush(
         return real_pipeline(*args, **kwargs)
 
     monkeypatch.setattr(runtime.redis, "pipeline", flaky)
-    job._finished = {"x/a": "{}", "x/b": "{}"}
-    job.flush_finished()  # logged, not raised
+    job._buffer = {"x/a": "{}", "x/b": "{}"}
+    job.flush()  # logged, not raised
     assert runtime.redis.hlen("haul:inputs:files:e3") == 0
-    job.flush_finished()
+    job.flush()
     assert sorted(runtime.redis.hkeys("haul:inputs:files:e3")) == [b"x/a", b"x/b"]
 
 
 def test_nothing_is_recorded_once_the_transfers_were_stopped(
     site: TestHTTPServer, runtime: Runtime
 ) -> None:
-    job = prepare._Job(runtime, message(site, "e4"), None)
-    job.lease_lost = threading.Event()
-    job._finished = {"x/a": "{}"}
-    job.lease_lost.set()
-    job.flush_finished()
+    job = finished.FinishedFiles(runtime.redis, "e4", threading.Event())
+    job._buffer = {"x/a": "{}"}
+    assert job.stopped is not None
+    job.stopped.set()
+    job.flush()
     assert runtime.redis.hlen("haul:inputs:files:e4") == 0
 
 

@@ -14,10 +14,9 @@ import pytest
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.servers import MotoServer
 from worker.errors import Changed, NotFound, TransientError
-from worker.settings import S3StoreConfig
-from worker.stores._fasthttp import FastBody, FastClient
+from worker.net.pool import FastBody, FastClient
 from worker.stores._stream import read_all
-from worker.stores.s3 import S3Store
+from worker.stores.s3 import S3Store, S3StoreConfig
 
 
 @pytest.fixture
@@ -170,6 +169,7 @@ def test_once_proven_the_fast_path_reports_connection_errors(
 
 def test_a_proxy_in_the_environment_turns_fast_reads_off(creds: None) -> None:
     from worker.settings import load_settings
+    from worker.stores.plugin import StoreTuning
     from worker.stores.s3 import from_config
 
     env = {
@@ -181,5 +181,6 @@ def test_a_proxy_in_the_environment_turns_fast_reads_off(creds: None) -> None:
     proxied = load_settings({**env, "HTTPS_PROXY": "http://proxy.example:3128"})
     cfg = plain.stores["lake"]
     assert isinstance(cfg, S3StoreConfig)
-    assert from_config("lake", cfg, plain.store_secrets("lake"), plain)._fast_reads
-    assert not from_config("lake", cfg, proxied.store_secrets("lake"), proxied)._fast_reads
+    tuning, proxied_tuning = StoreTuning.from_settings(plain), StoreTuning.from_settings(proxied)
+    assert from_config("lake", cfg, plain.store_secrets("lake"), tuning)._fast_reads
+    assert not from_config("lake", cfg, proxied.store_secrets("lake"), proxied_tuning)._fast_reads

@@ -415,48 +415,28 @@ def test_counted_stream_raises_on_a_short_body() -> None:
         long.readinto(buf)
 
 
-def test_retry_is_bounded_by_attempts_and_seconds() -> None:
-    """Transient errors are retried with jittered backoff, within attempts and total seconds."""
+def test_a_store_makes_one_attempt_and_passes_retry_after_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store answering 503 costs exactly one request per call (the engine's policy owns the
+    retries), and the server's ``Retry-After`` travels up on the TransientError."""
+    from tests.support.httpserver import serve
     from worker.errors import TransientError
-    from worker.stores._retry import RetryPolicy, call_with_retry
+    from worker.stores.s3 import S3Store
 
-    calls: list[int] = []
-    sleeps: list[float] = []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise TransientError("503")
-        return "ok"
-
-    policy = RetryPolicy(attempts=5, total_s=100, base_delay_s=1, max_delay_s=4)
-    assert call_with_retry(flaky, policy, sleep=sleeps.append) == "ok"
-    assert len(calls) == 3 and len(sleeps) == 2 and all(0 <= s <= 2 for s in sleeps)
-
-    def always() -> str:
-        calls.append(1)
-        raise TransientError("503")
-
-    calls.clear()
-    with pytest.raises(TransientError):
-        call_with_retry(always, RetryPolicy(attempts=4), sleep=lambda s: None)
-    assert len(calls) == 4
-    now = [0.0]
-    calls.clear()
-    with pytest.raises(TransientError):  # the seconds budget ends it before the attempts do
-        call_with_retry(
-            always,
-            RetryPolicy(attempts=50, total_s=5, base_delay_s=4, max_delay_s=4),
-            sleep=lambda s: now.__setitem__(0, now[0] + 4),
-            clock=lambda: now[0],
-        )
-    assert len(calls) < 50
-
-    def changed() -> str:
-        calls.append(1)
-        raise Changed("412")
-
-    calls.clear()
-    with pytest.raises(Changed):  # not transient: the whole object starts over, not this call
-        call_with_retry(changed, RetryPolicy(), sleep=lambda s: None)
-    assert len(calls) == 1
+    for var, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}.items():
+        monkeypatch.setenv(var, value)
+    with serve(tmp_path) as srv:
+        store = S3Store("s3", "bkt", endpoint_url=srv.base_url, region="us-east-1")
+        srv.faults.fail_next("*", n=100, status=503, headers={"Retry-After": "7"})
+        with pytest.raises(TransientError) as caught:
+            store.stat("some/key")
+        assert caught.value.retry_after_s == 7.0
+        assert len(srv.requests) == 1
+        srv.faults.clear()
+        srv.faults.fail_next("*", n=100, status=500)
+        with pytest.raises(TransientError) as caught:
+            store.stat("some/key")
+        assert caught.value.retry_after_s is None
+        assert len(srv.requests) == 2
+        store.close()

@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from worker.errors import ForbiddenAddress
-from worker.netguard import is_public, resolve
+from worker.net.guard import is_public, resolve
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.httpserver import TestHTTPServer, serve
-from worker import netguard
 from worker.errors import ForbiddenAddress
+from worker.net import guard as netguard
 from worker.stores.http import HttpSource
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import LocalStoreConfig, S3StoreConfig, load_settings
+from worker.settings import LocalStoreConfig, load_settings
+from worker.stores.s3 import S3StoreConfig
 
 
 def test_embedded_defaults(tmp_path: Path) -> None:

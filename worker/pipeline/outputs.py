@@ -25,8 +25,8 @@ from worker.constants import (
     METADATA_SUFFIX,
     OUTPUTS_DIR,
 )
-from worker.errors import HaulError, LeaseLost, ReportedFailure
-from worker.events import now_iso
+from worker.errors import HaulError, LeaseLost
+from worker.events import Pending, now_iso
 from worker.models import (
     AliasMoved,
     DatasetVersionCreated,
@@ -38,6 +38,7 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
 from worker.pipeline.sidecar import Metadata, read_sidecar
 from worker.records.aliases import AliasIndex
@@ -48,7 +49,9 @@ from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
 
 
-class OutputsFailedError(ReportedFailure):
+class OutputsFailedError(HaulError):
+    """The execution's outputs cannot be stored as a whole (no ``outputs/`` folder)."""
+
     code = "outputs_failed"
 
 
@@ -300,64 +303,49 @@ def _check_lease(lease_lost: threading.Event | None, execution_id: str) -> None:
         raise LeaseLost(f"execution {execution_id} was taken over by another worker")
 
 
-def outputs_failed(runtime: Runtime, msg: StoreOutputs, exc: HaulError) -> None:
-    runtime.events.publish(
-        EV_OUTPUTS_FAILED,
-        msg.execution_id,
-        OutputsFailed(
-            execution_id=msg.execution_id,
-            project_id=msg.project_id,
-            error=ErrorInfo(code=exc.code, message=str(exc)),
-        ),
-        msg.execution_id,
+def outputs_failed(runtime: Runtime, msg: StoreOutputs, exc: HaulError) -> Pending:
+    """``haul.outputs.failed`` for any failure of the job (the runner publishes it)."""
+    failed = OutputsFailed(
+        execution_id=msg.execution_id,
+        project_id=msg.project_id,
+        error=ErrorInfo(code=exc.code, message=str(exc)),
     )
+    return (EV_OUTPUTS_FAILED, msg.execution_id, failed, (msg.execution_id,))
 
 
 def store_outputs(
     runtime: Runtime, msg: StoreOutputs, lease_lost: threading.Event | None = None
-) -> dict[str, Any]:
+) -> Outcome:
+    """Store every output; the summary and ``haul.outputs.stored`` for the runner to publish."""
     started = time.monotonic()
     job = OutputsJob(runtime, msg)
-    try:
-        if not job.outputs.is_dir() or job.outputs.is_symlink():
-            raise OutputsFailedError(f"execution {msg.execution_id} has no outputs/ folder")
-        store = runtime.sources.store(job.store_name)
-        # A watch of this execution ends now; files it stored are recognised, not sent again.
-        live = LiveFiles(runtime.redis, msg.execution_id)
-        live.stop()
-        watched = live.watched()
-        candidates, refused = scan(job.outputs)
-        for rel, reason in refused:
-            job.refuse(rel, reason)
-        stored = []
-        for c in candidates:
-            _check_lease(lease_lost, msg.execution_id)
-            one = job.store_watched(store, c, live) if watched else job.store_one(store, c)
-            if one is not None:
-                stored.append(one)
-        versions = job.seal_versions(store)
-    except LeaseLost:
-        raise
-    except HaulError as exc:
-        outputs_failed(runtime, msg, exc)
-        if isinstance(exc, OutputsFailedError):
-            raise
-        raise OutputsFailedError(str(exc)) from exc
+    if not job.outputs.is_dir() or job.outputs.is_symlink():
+        raise OutputsFailedError(f"execution {msg.execution_id} has no outputs/ folder")
+    store = runtime.sources.store(job.store_name)
+    # A watch of this execution ends now; files it stored are recognised, not sent again.
+    live = LiveFiles(runtime.redis, msg.execution_id)
+    live.stop()
+    watched = live.watched()
+    candidates, refused = scan(job.outputs)
+    for rel, reason in refused:
+        job.refuse(rel, reason)
+    stored = []
+    for c in candidates:
+        _check_lease(lease_lost, msg.execution_id)
+        one = job.store_watched(store, c, live) if watched else job.store_one(store, c)
+        if one is not None:
+            stored.append(one)
+    versions = job.seal_versions(store)
     total = sum(s["size"] for s in stored)
     seconds = round(time.monotonic() - started, 3)
-    runtime.events.publish(
-        EV_OUTPUTS_STORED,
-        msg.execution_id,
-        OutputsStored(
-            execution_id=msg.execution_id,
-            project_id=msg.project_id,
-            files=len(stored),
-            bytes=total,
-            seconds=seconds,
-        ),
-        msg.execution_id,
+    done = OutputsStored(
+        execution_id=msg.execution_id,
+        project_id=msg.project_id,
+        files=len(stored),
+        bytes=total,
+        seconds=seconds,
     )
-    return {
+    summary = {
         "status": "stored",
         "execution_id": msg.execution_id,
         "project_id": msg.project_id,
@@ -369,3 +357,4 @@ def store_outputs(
         "dataset_versions": versions,
         "refused": [{"path": p, "reason": r} for p, r in refused],
     }
+    return Outcome(summary, (EV_OUTPUTS_STORED, msg.execution_id, done, (msg.execution_id,)))

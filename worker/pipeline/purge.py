@@ -9,12 +9,12 @@ from worker.constants import EV_DATUM_PURGED
 from worker.errors import NotFound
 from worker.events import now_iso
 from worker.models import DatumPurged, Purge
+from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
 
 
-def purge(
-    runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = None
-) -> dict[str, Any]:
+def purge(runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = None) -> Outcome:
+    """Purge each datum of the project; the summary says which ids were unknown."""
     purged: list[dict[str, Any]] = []
     unknown: list[str] = []
     for datum_id in dict.fromkeys(msg.datum_ids):
@@ -47,9 +47,10 @@ def purge(
             datum_id,
         )
         purged.append({"datum_id": datum_id, "key": datum.key, "content_removed": content_removed})
-    return {
+    summary = {
         "status": "purged",
         "project_id": msg.project_id,
         "purged": purged,
         "unknown": unknown,
     }
+    return Outcome(summary)

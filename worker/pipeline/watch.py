@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from worker.live.notify import Notifier
 from worker.live.writers import open_for_writing
 from worker.models import StoreOutputs, WatchOutputs
 from worker.pipeline.outputs import Candidate, OutputsJob, scan
+from worker.pipeline.protocol import REPEAT_STATUS, Delivery, Outcome, current_delivery
 from worker.pipeline.runtime import Runtime
 from worker.records.live import FileSignature, LiveFiles, LiveRecord
 from worker.stores.base import Store
@@ -147,17 +149,19 @@ def _signature(path: Path | None) -> FileSignature | None:
 
 
 def watch_outputs(
-    runtime: Runtime,
-    msg: WatchOutputs,
-    lease_lost: threading.Event | None = None,
-    *,
-    round_id: str,
-    after: str | None = None,
+    runtime: Runtime, msg: WatchOutputs, lease_lost: threading.Event | None = None
+) -> Outcome:
+    """One round of the watch; ``status`` ``watching`` makes the runner send the next."""
+    delivery = current_delivery() or Delivery(uuid.uuid4().hex)
+    return Outcome(_round(runtime, msg, lease_lost, delivery))
+
+
+def _round(
+    runtime: Runtime, msg: WatchOutputs, lease_lost: threading.Event | None, delivery: Delivery
 ) -> dict[str, Any]:
-    """One round of the watch; ``status`` ``watching`` asks the caller to send the next."""
     summary: dict[str, Any] = {"execution_id": msg.execution_id, "project_id": msg.project_id}
     live = LiveFiles(runtime.redis, msg.execution_id)
-    if not live.take_round(round_id, after):
+    if not live.take_round(delivery.message_id, delivery.sent_by):
         return {**summary, "status": "superseded", "stored": 0}
     started = live.started_at()
     exec_dir = runtime.execution_dir(msg.execution_id)
@@ -185,7 +189,7 @@ def watch_outputs(
                 watch.store_done(outputs)
             left = round_ends - time.monotonic()
             if left <= 0:
-                return {**summary, "status": "watching", "stored": watch.stored}
+                return {**summary, "status": REPEAT_STATUS, "stored": watch.stored}
             if notifier is None:
                 time.sleep(min(left, POLL_S))  # outputs/ does not exist yet
                 continue

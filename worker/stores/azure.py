@@ -11,9 +11,9 @@
   file's md5 set as the blob's Content-MD5. Azure answers 409 BlobAlreadyExists (not 412):
   :class:`~worker.errors.AlreadyExists`.
 
-The SDK's retry policy is switched off; transient errors are retried by
-:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`
-only, from the status and error code: Azure's error *messages* can quote the request signature.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations
@@ -27,48 +27,65 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    IncompleteReadError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
+from pydantic import Field
 
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
-    Changed,
+    HaulError,
     IntegrityError,
     MissingExtra,
     NotFound,
     StoreError,
     TransientError,
 )
-from worker.settings import AzureStoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MAX_BLOCKS = 50_000
 
-_DENIED_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch"}
-_BAD_DIGEST = {"Md5Mismatch", "InvalidMd5", "Crc64Mismatch"}
+_DENIED = Rule(AccessDenied, "access denied")
+_BAD_DIGEST = Rule(IntegrityError, "the server rejected the checksum")
+_BUSY = Rule(TransientError, "the service is busy")
+_TAKEN = Rule(AlreadyExists, "the blob already exists")
+
+#: Azure Blob error codes over the status ladder; 409 on a create is a taken name
+ERRORS = ErrorTable(
+    codes={
+        "ContainerNotFound": Rule(NotFound, "the container does not exist"),
+        "BlobNotFound": Rule(NotFound, "no such blob"),
+        "AuthenticationFailed": _DENIED, "AuthorizationFailure": _DENIED,
+        "AuthorizationPermissionMismatch": _DENIED,
+        "BlobAlreadyExists": _TAKEN,
+        "ConditionNotMet": HTTP_STATUSES[412],
+        "Md5Mismatch": _BAD_DIGEST, "InvalidMd5": _BAD_DIGEST, "Crc64Mismatch": _BAD_DIGEST,
+        "ServerBusy": _BUSY, "OperationTimedOut": _BUSY, "InternalError": _BUSY,
+    },
+    statuses={**HTTP_STATUSES, 409: Rule(StoreError, "conflict", on_create=_TAKEN)},
+)  # fmt: skip
 
 
-def _translate(exc: AzureError, where: str, op: Op) -> StoreError:
+def _translate(exc: Any, where: str, op: Op) -> HaulError:
     """The one place azure-core exceptions become haul errors (status and code only)."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        IncompleteReadError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
     if isinstance(exc, IncompleteReadError):
         return IntegrityError(f"{where}: the body ended early")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
@@ -78,24 +95,14 @@ def _translate(exc: AzureError, where: str, op: Op) -> StoreError:
     code = str(getattr(raw_code, "value", raw_code))  # a str, or a StorageErrorCode enum
     # The message is only inspected, never repeated: it can quote the request's signature.
     says_md5 = "md5" in str(getattr(exc, "message", "") or "").lower()
-    detail = f"{code or type(exc).__name__}, HTTP {status}" if status else type(exc).__name__
-    if code == "ContainerNotFound":
-        return NotFound(f"{where}: the container does not exist ({detail})")
-    if isinstance(exc, ResourceNotFoundError) or status == 404:
-        return NotFound(f"{where}: no such blob ({detail})")
-    if isinstance(exc, ClientAuthenticationError) or code in _DENIED_CODES or status in (401, 403):
-        return AccessDenied(f"{where}: access denied ({detail})")
-    if code == "BlobAlreadyExists" or (isinstance(exc, ResourceExistsError) and op == "create"):
-        return AlreadyExists(f"{where}: the blob already exists ({detail})")
-    if isinstance(exc, ResourceModifiedError) or status == 412:
-        if op == "create":
-            return AlreadyExists(f"{where}: the blob already exists ({detail})")
-        return Changed(f"{where}: the blob changed since it was first seen ({detail})")
-    if code in _BAD_DIGEST or (status == 400 and says_md5):  # azurite: InvalidOperation
-        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-    if status in (408, 429) or status >= 500:
-        return TransientError(f"{where}: temporary server error ({detail})")
-    return StoreError(f"{where}: request failed ({detail})")
+    if status == 400 and says_md5 and code not in ERRORS.codes:  # azurite: InvalidOperation
+        return IntegrityError(f"{where}: the server rejected the checksum (HTTP 400)")
+    if not status and isinstance(exc, ClientAuthenticationError):
+        return AccessDenied(f"{where}: no usable credentials ({type(exc).__name__})")
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return ERRORS.error(
+        where, status=status, code=code, op=op, retry_after_s=header_retry_after(headers)
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -115,9 +122,13 @@ def _default_credential() -> Any:
 class AzureStore(SdkStore):
     """One container (and key prefix) of an Azure storage account."""
 
-    sdk_errors = (AzureError,)
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        from azure.core.exceptions import AzureError
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return (AzureError,)
+
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -134,7 +145,6 @@ class AzureStore(SdkStore):
         part_size_bytes: int = 8 * MiB,
         concurrency: int = 8,
         page_size: int = 5000,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.container = container
@@ -143,7 +153,6 @@ class AzureStore(SdkStore):
         self.part_size_bytes = part_size_bytes
         self.concurrency = max(1, concurrency)
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
         opts: dict[str, Any] = {
             "retry_total": 0,
             "max_single_get_size": 32 * MiB,
@@ -153,6 +162,8 @@ class AzureStore(SdkStore):
         }
         if api_version:
             opts["api_version"] = api_version
+        from azure.storage.blob import BlobServiceClient
+
         with self._sdk(""):
             if connection_string:
                 service = BlobServiceClient.from_connection_string(connection_string, **opts)
@@ -209,6 +220,8 @@ class AzureStore(SdkStore):
         if end == start:
             return StreamContext(CountedStream(iter(()), expected=0, what="", guard=self._nothing))
         kwargs: dict[str, Any] = {"offset": start, "length": end - start, "max_concurrency": 1}
+        from azure.core import MatchConditions
+
         if info.version:
             kwargs |= {"etag": info.version, "match_condition": MatchConditions.IfNotModified}
         downloader = self._call(lambda: self._blob(key).download_blob(**kwargs), key, "read")
@@ -239,6 +252,8 @@ class AzureStore(SdkStore):
     # -- Store -------------------------------------------------------------------------------
 
     def create(self, key: str, path: Path, *, size: int, md5: str | None = None) -> None:
+        from azure.storage.blob import ContentSettings
+
         settings = ContentSettings(content_md5=bytearray.fromhex(md5)) if md5 else None
         if size < self.multipart_threshold_bytes:
             self._put_single(key, path, size, settings)
@@ -275,6 +290,9 @@ class AzureStore(SdkStore):
                 list(pool.map(lambda b: self._stage(key, fd, *b), blocks))
         finally:
             os.close(fd)
+        from azure.core import MatchConditions
+        from azure.storage.blob import BlobBlock
+
         block_list = [BlobBlock(block_id=block_id) for block_id, _, _ in blocks]
         self._call(
             lambda: self._blob(key).commit_block_list(
@@ -318,8 +336,16 @@ class AzureStore(SdkStore):
         self._service.close()
 
 
+class AzureStoreConfig(StoreConfigBase):
+    type: Literal["azure"]
+    container: Annotated[str, Field(min_length=3, max_length=63)]
+    account_url: str | None = None
+    prefix: str = ""
+    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
+
+
 def from_config(
-    name: str, cfg: AzureStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: AzureStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> AzureStore:
     """The connection string from ``secrets`` (captured from ``connection_string_env``), else
     ``account_url`` with Azure's default credential chain."""
@@ -329,11 +355,52 @@ def from_config(
         prefix=cfg.prefix,
         connection_string=secrets.get("connection_string"),
         account_url=cfg.account_url,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=settings.chunk_size_bytes,
-        concurrency=settings.concurrency,
-        retry=RetryPolicy(attempts=settings.max_attempts),
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=tuning.part_size_bytes,
+        concurrency=tuning.concurrency,
     )
 
 
-__all__ = ["AzureStore", "from_config"]
+def azure_account(cfg: AzureStoreConfig, secrets: StoreSecrets) -> str | None:
+    """The storage account of an Azure store: from account_url, else the connection string."""
+    if cfg.account_url:
+        parts = urlsplit(cfg.account_url)
+        host = parts.hostname or ""
+        if host.endswith(".blob.core.windows.net"):
+            return host.split(".", 1)[0]
+        # Emulators put the account in the path: http://127.0.0.1:10000/devstoreaccount1
+        first = parts.path.strip("/").split("/", 1)[0]
+        return first or host.split(".", 1)[0]
+    conn = secrets.get("connection_string")
+    if conn:
+        fields = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+        return fields.get("AccountName")
+    return None
+
+
+def _owns(cfg: AzureStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (azure_account(cfg, secrets), cfg.container)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    account, container = url.location
+    return AzureStoreConfig(
+        type="azure", account_url=f"https://{account}.blob.core.windows.net", container=container
+    )
+
+
+STORE_TYPE = StoreType(
+    name="azure",
+    scheme="azure",
+    url_form="azure://account/container/blob",
+    location_parts=2,
+    config=AzureStoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="azure",
+    sdk_module="azure.storage.blob",
+    secret_env=lambda cfg: {"connection_string": cfg.connection_string_env},
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "AzureStore", "AzureStoreConfig", "from_config"]

@@ -12,8 +12,9 @@
 - An ``endpoint_url`` on loopback (an emulator) uses anonymous credentials; without one the SDK
   finds Application Default Credentials and honours ``STORAGE_EMULATOR_HOST`` itself.
 
-The SDK's retries are switched off (``retry=None``); transient errors are retried by
-:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations
@@ -23,45 +24,54 @@ import ipaddress
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import google.api_core.exceptions as gexc
-import google.auth.exceptions as gauth
-import requests.exceptions as rexc
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from pydantic import Field
 
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
     Changed,
+    HaulError,
     IntegrityError,
     NotFound,
     StoreError,
     TransientError,
 )
-from worker.settings import GCSStoreConfig, Settings, StoreSecrets
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 MiB = 1024 * 1024
 RESUMABLE_QUANTUM = 256 * 1024  # resumable chunk sizes are multiples of 256 KiB
 
-_SDK_ERRORS = (
-    gexc.GoogleAPIError,
-    gauth.GoogleAuthError,
-    rexc.RequestException,
-    InvalidResponse,
-    DataCorruption,
+
+#: GCS answers with statuses only; a 404 under a pinned read means its generation is gone
+ERRORS = ErrorTable(
+    statuses={
+        **HTTP_STATUSES,
+        404: Rule(
+            NotFound,
+            "no such object",
+            on_read=Rule(Changed, "the generation being read is gone"),
+        ),
+    }
 )
 
 
-def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place google/requests exceptions become haul errors (no server text is kept)."""
+    import google.api_core.exceptions as gexc
+    import google.auth.exceptions as gauth
+    import requests.exceptions as rexc
+    from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+
     if isinstance(exc, DataCorruption):
         return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
     if isinstance(exc, gauth.TransportError | rexc.RequestException):
@@ -73,25 +83,16 @@ def _translate(exc: Exception, where: str, op: Op) -> StoreError:
         status = int(exc.code or 0)
     elif isinstance(exc, InvalidResponse):
         status = int(getattr(exc.response, "status_code", 0) or 0)
+    # The message is only inspected, never repeated.
     message = str(getattr(exc, "message", "") or "").lower()
-    detail = f"HTTP {status}" if status else type(exc).__name__
-    if status == 404:
-        if "bucket" in message and "object" not in message:
-            return NotFound(f"{where}: the bucket does not exist ({detail})")
-        if op == "read":
-            return Changed(f"{where}: the generation being read is gone ({detail})")
-        return NotFound(f"{where}: no such object ({detail})")
-    if status in (401, 403):
-        return AccessDenied(f"{where}: access denied ({detail})")
-    if status == 412:
-        if op == "create":
-            return AlreadyExists(f"{where}: the object already exists ({detail})")
-        return Changed(f"{where}: the object changed since it was first seen ({detail})")
+    if status == 404 and "bucket" in message and "object" not in message:
+        return NotFound(f"{where}: the bucket does not exist (HTTP 404)")
     if status == 400 and ("md5" in message or "crc32c" in message or "hash" in message):
-        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-    if status in (408, 429) or status >= 500:
-        return TransientError(f"{where}: temporary server error ({detail})")
-    return StoreError(f"{where}: request failed ({detail})")
+        return IntegrityError(f"{where}: the server rejected the checksum (HTTP 400)")
+    if not status:
+        return StoreError(f"{where}: request failed ({type(exc).__name__})")
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return ERRORS.error(where, status=status, op=op, retry_after_s=header_retry_after(headers))
 
 
 def is_emulator_endpoint(url: str) -> bool:
@@ -116,9 +117,22 @@ def _b64_to_hex(value: str) -> str:
 class GCSStore(SdkStore):
     """One bucket (and key prefix) of Google Cloud Storage."""
 
-    sdk_errors = _SDK_ERRORS
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import google.api_core.exceptions as gexc
+        import google.auth.exceptions as gauth
+        import requests.exceptions as rexc
+        from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return (
+            gexc.GoogleAPIError,
+            gauth.GoogleAuthError,
+            rexc.RequestException,
+            InvalidResponse,
+            DataCorruption,
+        )
+
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -134,7 +148,6 @@ class GCSStore(SdkStore):
         multipart_threshold_bytes: int = 16 * MiB,
         part_size_bytes: int = 8 * MiB,
         page_size: int = 1000,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.bucket_name = bucket
@@ -145,7 +158,6 @@ class GCSStore(SdkStore):
             RESUMABLE_QUANTUM, part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
         )
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
         if client is None:
             if anonymous is None:
                 anonymous = endpoint_url is not None and is_emulator_endpoint(endpoint_url)
@@ -156,6 +168,9 @@ class GCSStore(SdkStore):
     def _make_client(
         self, endpoint_url: str | None, project: str | None, *, anonymous: bool
     ) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
         options = {"api_endpoint": endpoint_url} if endpoint_url else None
         with self._sdk(""):
             if anonymous:
@@ -293,8 +308,16 @@ class GCSStore(SdkStore):
         self._client.close()
 
 
+class GCSStoreConfig(StoreConfigBase):
+    type: Literal["gcs"]
+    bucket: Annotated[str, Field(min_length=3, max_length=222)]
+    prefix: str = ""
+    endpoint_url: str | None = None
+    project: str | None = None
+
+
 def from_config(
-    name: str, cfg: GCSStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: GCSStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> GCSStore:
     """``endpoint_url`` from the config, else an emulator host captured into the store's secrets
     (``storage_emulator_host``); without either, Application Default Credentials."""
@@ -309,10 +332,32 @@ def from_config(
         endpoint_url=endpoint,
         project=cfg.project,
         anonymous=anonymous,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=settings.chunk_size_bytes,
-        retry=RetryPolicy(attempts=settings.max_attempts),
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=tuning.part_size_bytes,
     )
 
 
-__all__ = ["GCSStore", "from_config"]
+def _owns(cfg: GCSStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (cfg.bucket,)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    return GCSStoreConfig(type="gcs", bucket=url.location[0])
+
+
+STORE_TYPE = StoreType(
+    name="gcs",
+    scheme="gs",
+    url_form="gs://bucket/key",
+    location_parts=1,
+    config=GCSStoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="gcs",
+    sdk_module="google.cloud.storage",
+    # The SDK honours it too; captured so the store sees it without reading the environment.
+    secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "GCSStore", "GCSStoreConfig", "from_config"]

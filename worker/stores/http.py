@@ -5,10 +5,10 @@ later range (a weak ETag cannot pin, so ``If-Unmodified-Since`` with Last-Modifi
 instead), and a 412 becomes :class:`~worker.errors.Changed`. Redirects are followed by hand, at
 most ``max_redirects`` hops, each hop through the private-address guard.
 
-Bodies are read through :mod:`worker.stores._fasthttp` (http.client with ``readinto``; it keeps
+Bodies are read through :mod:`worker.net.pool` (http.client with ``readinto``; it keeps
 the address guard), which costs far less CPU per byte than httpx; ``fast=False`` uses httpx
-(:mod:`worker.stores._httpx`) for everything. Many small objects of a batch go through
-:meth:`HttpSource.fetch_small` (:mod:`worker.stores._httplane`, one thread, a selector).
+(:mod:`worker.net.httpx_client`) for everything. Many small objects of a batch go through
+:meth:`HttpSource.fetch_small` (:mod:`worker.net.lane`, one thread, a selector).
 :meth:`HttpSource.read_first` asks for the first range without a prior stat, so a small file
 costs one request and a large one learns its size and ETag from its first chunk.
 """
@@ -23,16 +23,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from worker.errors import (
-    AccessDenied,
     Changed,
     HaulError,
     IntegrityError,
-    NotFound,
     SourceError,
-    TransientError,
 )
-from worker.stores._fasthttp import FastBody, FastClient, basic_auth
-from worker.stores._httplane import LaneAnswer, LaneRequest, SmallGetLoop
+from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop
+from worker.net.pool import FastBody, FastClient, basic_auth
+from worker.net.redact import redact_url
+from worker.net.status import http_status_error
 from worker.stores.base import (
     ObjectInfo,
     SmallDelivery,
@@ -40,10 +39,9 @@ from worker.stores.base import (
     SourceBase,
     StreamContext,
 )
-from worker.urls import redact_url
 
 if TYPE_CHECKING:
-    from worker.stores._httpx import HttpxClient, HttpxResponse
+    from worker.net.httpx_client import HttpxClient, HttpxResponse
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 #: characters a request line must not carry as they are (controls, space, non-ASCII)
@@ -51,19 +49,12 @@ _UNUSUAL = re.compile(r"[^\x21-\x7e]")
 T = TypeVar("T")
 
 
-def _status_error(status: int, url: str) -> HaulError:
-    shown = redact_url(url)
-    if status in (404, 410):
-        return NotFound(f"{shown}: HTTP {status} (not found)")
-    if status in (401, 403):
-        return AccessDenied(f"{shown}: HTTP {status} (access denied)")
-    if status == 412:
-        return Changed(f"{shown} changed while it was being read (HTTP 412)")
-    if status == 416:
-        return IntegrityError(f"{shown}: range not satisfiable (HTTP 416); the object shrank?")
-    if status in (408, 425, 429) or status >= 500:
-        return TransientError(f"{shown}: HTTP {status}")
-    return SourceError(f"{shown}: HTTP {status}")
+def _status_error(
+    status: int, url: str, header: Callable[[str], str | None] | None = None
+) -> HaulError:
+    """The answer ``status`` as a haul error (:mod:`worker.net.status`, the one map)."""
+    retry_after = header("retry-after") if header is not None else None
+    return http_status_error(status, redact_url(url), op="read", retry_after=retry_after)
 
 
 def _iso(http_date: str | None) -> str | None:
@@ -90,7 +81,8 @@ class HttpSource(SourceBase):
         max_connections: int = 64,
         fast: bool = True,
     ) -> None:
-        # httpx (and its 40 ms of imports) only where the fast client is off: see _httpx.
+        # httpx (and its 40 ms of imports) only where the fast client is off: see
+        # worker.net.httpx_client.
         self._httpx: HttpxClient | None = None
         self._verify = verify
         self._max_connections = max_connections
@@ -109,7 +101,7 @@ class HttpSource(SourceBase):
     @property
     def client(self) -> HttpxClient:
         if self._httpx is None:
-            from worker.stores._httpx import HttpxClient
+            from worker.net.httpx_client import HttpxClient
 
             self._httpx = HttpxClient(
                 allow_private=self._allow_private,
@@ -205,7 +197,7 @@ class HttpSource(SourceBase):
             return info, self.read(key, start=0, length=min(length, max(info.size, 0)), pin=info)
         status, header, body, final = self._fast_send(key, {"Range": f"bytes=0-{length - 1}"})
         if body is None and status != 416:
-            raise _status_error(status, key)
+            raise _status_error(status, key, header)
         info = self._info(key, final, status, header)
         if body is None:  # 416: an empty object
             return info, StreamContext(_Empty())
@@ -220,7 +212,7 @@ class HttpSource(SourceBase):
         max_connections: int,
         stop: threading.Event | None = None,
     ) -> None:
-        """Fetch objects of at most ``limit`` bytes on one thread (:mod:`._httplane`).
+        """Fetch objects of at most ``limit`` bytes on one thread (:mod:`.lane`).
 
         ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
         that key must go the ordinary way instead (not small, not a plain answer, or any
@@ -279,7 +271,7 @@ class HttpSource(SourceBase):
             # Range 0-0 on an empty object.
             size, ranges = 0, False
         else:
-            raise _status_error(status, key)
+            raise _status_error(status, key, header)
         etag = headers.get("etag")
         last_modified = headers.get("last-modified")
         pin = etag if etag and not etag.startswith("W/") else None
@@ -320,7 +312,7 @@ class HttpSource(SourceBase):
             response.close()
             if status == 200:
                 raise SourceError(f"{redact_url(key)}: the server ignored a Range request")
-            raise _status_error(status, key)
+            raise _status_error(status, key, response.headers.get)
         if pin is not None and pin.etag and response.headers.get("etag") not in (None, pin.etag):
             response.close()
             raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")
@@ -342,7 +334,7 @@ class HttpSource(SourceBase):
                 body.close()
             if status == 200:
                 raise SourceError(f"{redact_url(key)}: the server ignored a Range request")
-            raise _status_error(status, key)
+            raise _status_error(status, key, header)
         try:
             if pin is not None and pin.etag and header("etag") not in (None, pin.etag):
                 raise Changed(f"{redact_url(key)} changed while it was being read (new ETag)")

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from worker.errors import (
     AccessDenied,
@@ -25,10 +26,14 @@ from worker.errors import (
     HaulError,
     NotFound,
     StoreError,
+    UnsupportedURL,
 )
 from worker.paths import clean_relative
-from worker.settings import LocalStoreConfig, Settings, StoreSecrets
 from worker.stores.base import ObjectInfo, SourceBase, StreamContext, join_key
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 TMP_DIR = ".haul-tmp"
 _COPY_BUFFER = 8 * 1024 * 1024
@@ -202,8 +207,35 @@ class LocalStore(SourceBase):
             raise _translate(exc, key) from None
 
 
+class LocalStoreConfig(StoreConfigBase):
+    type: Literal["local"]
+    path: Path
+
+
 def from_config(
-    name: str, cfg: LocalStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: LocalStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> LocalStore:
     cfg.path.mkdir(parents=True, exist_ok=True)
     return LocalStore(name, cfg.path)
+
+
+def _owns(cfg: LocalStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.key == str(cfg.path) or url.key.startswith(str(cfg.path).rstrip("/") + "/")
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    raise UnsupportedURL(
+        f"file:// URLs are read only from declared local stores; no local store contains {url.key}"
+    )
+
+
+STORE_TYPE = StoreType(
+    name="local",
+    scheme="file",
+    url_form="file:///absolute/path",
+    location_parts=0,
+    config=LocalStoreConfig,
+    build=from_config,
+    owns=_owns,
+    adhoc=_adhoc,
+)

@@ -1,4 +1,9 @@
-"""Which store reads which URL, and building stores from settings.
+"""Every store type haul knows, and what settings, URL parsing and logs ask of them.
+
+A new backend is one module ending in a :class:`~worker.stores.plugin.StoreType` plus one line
+in :data:`STORE_TYPES`. The backend modules import their SDKs only when a store is built, so
+listing them here costs no SDK import; a missing extra fails at build with one
+:class:`~worker.errors.MissingExtra` naming it.
 
 A URL whose bucket / account+container / project+container is a declared store's is read with
 that store's endpoint and credentials; any other with the SDK's default chain (contract 2).
@@ -7,102 +12,71 @@ that store's endpoint and credentials; any other with the SDK's default chain (c
 from __future__ import annotations
 
 import importlib
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from worker.errors import MissingExtra, UnsupportedURL
-from worker.settings import (
-    AzureStoreConfig,
-    GCSStoreConfig,
-    LocalStoreConfig,
-    S3StoreConfig,
-    Settings,
-    StoreConfig,
-    StoreSecrets,
-    SwiftStoreConfig,
+from worker.stores import azure, gcs, local, s3, swift
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+    from worker.stores.base import Store
+    from worker.urls import ParsedURL
+
+STORE_TYPES: tuple[StoreType, ...] = (
+    local.STORE_TYPE,
+    s3.STORE_TYPE,
+    azure.STORE_TYPE,
+    gcs.STORE_TYPE,
+    swift.STORE_TYPE,
 )
-from worker.stores.base import Store
-from worker.urls import ParsedURL
 
-# store type -> (module, optional extra, SDK module that extra brings)
-_BACKENDS: dict[str, tuple[str, str | None, str | None]] = {
-    "local": ("worker.stores.local", None, None),
-    "s3": ("worker.stores.s3", "s3", "boto3"),
-    "azure": ("worker.stores.azure", "azure", "azure.storage.blob"),
-    "gcs": ("worker.stores.gcs", "gcs", "google.cloud.storage"),
-    "swift": ("worker.stores.swift", "swift", "swiftclient"),
-}
+_BY_NAME: Mapping[str, StoreType] = {t.name: t for t in STORE_TYPES}
+_BY_SCHEME: Mapping[str, StoreType] = {t.scheme: t for t in STORE_TYPES}
 
 
-def build_store(name: str, cfg: StoreConfig, secrets: StoreSecrets, settings: Settings) -> Store:
+def by_name(type_name: str) -> StoreType:
+    return _BY_NAME[type_name]
+
+
+def by_scheme(scheme: str) -> StoreType | None:
+    """The store type whose URLs use ``scheme`` (None: no store's)."""
+    return _BY_SCHEME.get(scheme)
+
+
+def type_names() -> list[str]:
+    return [t.name for t in STORE_TYPES]
+
+
+def secret_env(cfg: StoreConfigBase) -> Mapping[str, str]:
+    """Secret name -> environment variable, for one declared store."""
+    return by_name(cfg.type).secret_env(cfg)
+
+
+def build_store(
+    name: str, cfg: StoreConfigBase, secrets: StoreSecrets, settings: Settings | StoreTuning
+) -> Store:
     """Instantiate one backend; a missing optional SDK raises MissingExtra naming the extra."""
-    module_name, extra, sdk = _BACKENDS[cfg.type]
-    if sdk is not None:
+    kind = by_name(cfg.type)
+    if kind.sdk_module is not None:
         try:
-            importlib.import_module(sdk)
+            importlib.import_module(kind.sdk_module)
         except ImportError:
-            raise MissingExtra(cfg.type, extra or cfg.type, sdk) from None
-    module = importlib.import_module(module_name)
-    store: Store = module.from_config(name, cfg, secrets, settings)
-    return store
+            raise MissingExtra(kind.name, kind.extra or kind.name, kind.sdk_module) from None
+    tuning = settings if isinstance(settings, StoreTuning) else StoreTuning.from_settings(settings)
+    return kind.build(name, cfg, secrets, tuning)
 
 
-def azure_account(cfg: AzureStoreConfig, secrets: StoreSecrets) -> str | None:
-    """The storage account of an Azure store: from account_url, else the connection string."""
-    if cfg.account_url:
-        parts = urlsplit(cfg.account_url)
-        host = parts.hostname or ""
-        if host.endswith(".blob.core.windows.net"):
-            return host.split(".", 1)[0]
-        # Emulators put the account in the path: http://127.0.0.1:10000/devstoreaccount1
-        first = parts.path.strip("/").split("/", 1)[0]
-        return first or host.split(".", 1)[0]
-    conn = secrets.get("connection_string")
-    if conn:
-        fields = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
-        return fields.get("AccountName")
-    return None
-
-
-def owns(cfg: StoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+def owns(cfg: StoreConfigBase, secrets: StoreSecrets, url: ParsedURL) -> bool:
     """True when ``url`` points into the bucket/container of the declared store ``cfg``."""
-    if isinstance(cfg, S3StoreConfig):
-        return url.scheme == "s3" and url.location == (cfg.bucket,)
-    if isinstance(cfg, GCSStoreConfig):
-        return url.scheme == "gs" and url.location == (cfg.bucket,)
-    if isinstance(cfg, AzureStoreConfig):
-        return url.scheme == "azure" and url.location == (
-            azure_account(cfg, secrets),
-            cfg.container,
-        )
-    if isinstance(cfg, SwiftStoreConfig):
-        return url.scheme == "swift" and url.location == (cfg.project, cfg.container)
-    if isinstance(cfg, LocalStoreConfig):
-        return url.scheme == "file" and (
-            url.key == str(cfg.path) or url.key.startswith(str(cfg.path).rstrip("/") + "/")
-        )
-    return False
+    kind = by_name(cfg.type)
+    return url.scheme == kind.scheme and kind.owns(cfg, secrets, url)
 
 
-def adhoc_config(url: ParsedURL) -> StoreConfig:
-    """A config for a bucket no store declares: the SDK's default endpoint and credentials."""
-    loc = url.location
-    cfg: dict[str, Any]
-    if url.scheme == "s3":
-        cfg = {"type": "s3", "bucket": loc[0]}
-        return S3StoreConfig(**cfg)
-    if url.scheme == "gs":
-        return GCSStoreConfig(type="gcs", bucket=loc[0])
-    if url.scheme == "azure":
-        return AzureStoreConfig(
-            type="azure", account_url=f"https://{loc[0]}.blob.core.windows.net", container=loc[1]
-        )
-    if url.scheme == "swift":
-        raise UnsupportedURL(
-            f"swift://{loc[0]}/{loc[1]}/... needs a declared swift store for that project and "
-            "container (Swift has no default endpoint to fall back to)"
-        )
-    raise UnsupportedURL(
-        f"{url.scheme}:// URLs are read only from declared local stores; "
-        f"no local store contains {url.key}"
-    )
+def adhoc_config(url: ParsedURL) -> StoreConfigBase:
+    """A config for a container no store declares: the SDK's default endpoint and credentials."""
+    kind = by_scheme(url.scheme)
+    if kind is None or kind.adhoc is None:
+        raise UnsupportedURL(f"{url.scheme}:// URLs are read only from declared stores")
+    return kind.adhoc(url)

@@ -11,9 +11,9 @@
   :class:`~worker.errors.AlreadyExists`.
 - ``delete`` removes every version (and delete marker) of the key in a versioned bucket.
 
-botocore's own retries are switched off; transient errors are retried by
-:func:`worker.stores._retry.call_with_retry` within one budget. SDK exceptions are translated in
-:func:`_translate` only.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations
@@ -28,29 +28,37 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.exceptions as bce
-from botocore.config import Config
+from pydantic import Field
 
 from worker.errors import (
     AccessDenied,
     AlreadyExists,
-    Changed,
+    HaulError,
     IntegrityError,
     NotFound,
     SourceError,
     StoreError,
     TransientError,
 )
-from worker.settings import S3StoreConfig, Settings, StoreSecrets
-from worker.stores._fasthttp import FastClient
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.net.presigned import PresignedRangeReader
+from worker.net.status import (
+    HTTP_STATUSES,
+    ErrorTable,
+    Op,
+    Rule,
+    header_retry_after,
+    parse_retry_after,
+)
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 log = logging.getLogger(__name__)
 
@@ -61,54 +69,45 @@ READ_CHUNK_BYTES = 1 * MiB
 #: lifetime of the presigned URL of one ranged read (it is used at once)
 _PRESIGN_S = 3600
 
-_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion", "NoSuchUpload", "404"}
-_DENIED = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "AllAccessDisabled", "AccountProblem", "403",
-}  # fmt: skip
-_TRANSIENT = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
-}  # fmt: skip
-_BAD_DIGEST = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
+_GONE = Rule(NotFound, "no such object")
+_DENIED = Rule(AccessDenied, "access denied")
+_BUSY = Rule(TransientError, "temporary server error")
+_SLOW = Rule(TransientError, "throttled")
+_BAD_DIGEST = Rule(IntegrityError, "the server rejected the checksum")
+
+#: S3 error codes; a code decides before the HTTP status does
+ERRORS = ErrorTable(
+    codes={
+        "NoSuchBucket": Rule(NotFound, "the bucket does not exist"),
+        "NoSuchKey": _GONE, "NotFound": _GONE, "NoSuchVersion": _GONE, "NoSuchUpload": _GONE,
+        "AccessDenied": _DENIED, "InvalidAccessKeyId": _DENIED, "SignatureDoesNotMatch": _DENIED,
+        "ExpiredToken": _DENIED, "InvalidToken": _DENIED, "AllAccessDisabled": _DENIED,
+        "AccountProblem": _DENIED,
+        "PreconditionFailed": HTTP_STATUSES[412],
+        "SlowDown": _SLOW, "Throttling": _SLOW, "ThrottlingException": _SLOW,
+        "RequestTimeout": _BUSY, "RequestTimeTooSkewed": _BUSY, "InternalError": _BUSY,
+        "ServiceUnavailable": _BUSY, "ConditionalRequestConflict": _BUSY,
+        "OperationAborted": _BUSY,
+        "BadDigest": _BAD_DIGEST, "InvalidDigest": _BAD_DIGEST,
+        "XAmzContentSHA256Mismatch": _BAD_DIGEST, "InvalidChecksum": _BAD_DIGEST,
+    }
+)  # fmt: skip
 
 
-class _FastStatus(Exception):
-    """A non-2xx answer to a presigned ranged GET (see :meth:`S3Store._fast_read`)."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-def _by_code(code: str, status: int, where: str, op: Op) -> StoreError:
-    detail = f"{code or 'error'}, HTTP {status}"
-    if code == "NoSuchBucket":
-        return NotFound(f"{where}: the bucket does not exist ({detail})")
-    if code in _NOT_FOUND or status == 404:
-        return NotFound(f"{where}: no such object ({detail})")
-    if code in _DENIED or status in (401, 403):
-        return AccessDenied(f"{where}: access denied ({detail})")
-    if code == "PreconditionFailed" or status == 412:
-        if op == "create":
-            return AlreadyExists(f"{where}: the key already exists ({detail})")
-        return Changed(f"{where}: the object changed since it was first seen ({detail})")
-    if code in _BAD_DIGEST:
-        return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-    if code in _TRANSIENT or status == 429 or status >= 500:
-        return TransientError(f"{where}: temporary server error ({detail})")
-    return StoreError(f"{where}: request failed ({detail})")
-
-
-def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place botocore exceptions become haul errors (messages carry no credentials)."""
+    import botocore.exceptions as bce
+
     if isinstance(exc, bce.ClientError):
         err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return _by_code(code, status, where, op)
-    if isinstance(exc, _FastStatus):
-        return _by_code("", exc.status, where, op)
+        meta = exc.response.get("ResponseMetadata", {})
+        return ERRORS.error(
+            where,
+            status=int(meta.get("HTTPStatusCode") or 0),
+            code=str(err.get("Code", "")),
+            op=op,
+            retry_after_s=header_retry_after(meta.get("HTTPHeaders")),
+        )
     if isinstance(exc, bce.FlexibleChecksumError):
         # botocore checks a stated CRC32/SHA checksum of a body itself (response checksum
         # validation): bytes that differ from it are an integrity error, retried like an md5 one.
@@ -152,9 +151,13 @@ def _b64_md5(hex_md5: str) -> str:
 class S3Store(SdkStore):
     """One bucket (and key prefix) of S3 or an S3-compatible service."""
 
-    sdk_errors = (bce.ClientError, bce.BotoCoreError)
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import botocore.exceptions as bce
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return (bce.ClientError, bce.BotoCoreError)
+
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -171,7 +174,6 @@ class S3Store(SdkStore):
         part_size_bytes: int = 8 * MiB,
         concurrency: int = 8,
         page_size: int = 1000,
-        retry: RetryPolicy | None = None,
         fast_reads: bool = True,
         timeout_s: float = 60.0,
     ) -> None:
@@ -184,12 +186,11 @@ class S3Store(SdkStore):
         self.part_size_bytes = part_size_bytes
         self.concurrency = max(1, concurrency)
         self.page_size = page_size
-        self.retry = retry or RetryPolicy()
         self._versioned: bool | None = None
         self._fast_reads = fast_reads and client is None
         self._fast_proven = False
         self._timeout_s = timeout_s
-        self._fast: FastClient | None = None
+        self._fast: PresignedRangeReader | None = None
         self._fast_lock = threading.Lock()
         self._client = (
             client if client is not None else self._make_client(endpoint_url, region, profile)
@@ -201,6 +202,9 @@ class S3Store(SdkStore):
         s3_cfg: dict[str, str] = {}
         if endpoint_url and _is_ip_or_localhost(endpoint_url):
             s3_cfg["addressing_style"] = "path"
+        import boto3
+        from botocore.config import Config
+
         config = Config(
             # Presigned URLs too (boto3 would presign with SigV2, which newer regions refuse).
             signature_version="s3v4",
@@ -298,20 +302,18 @@ class S3Store(SdkStore):
         if fast is not None:
             fast.close()
 
-    def _fast_client(self) -> FastClient:
+    def _reader(self) -> PresignedRangeReader:
         with self._fast_lock:
             if self._fast is None:
-                # The endpoint is the operator's, not a user's URL: no private-address guard
-                # (boto3 has none either). TLS trusts what boto3 trusts (AWS_CA_BUNDLE,
-                # ca_bundle in the profile), else the system's CAs.
-                self._fast = FastClient(
-                    allow_private=True, timeout_s=self._timeout_s, verify=_boto_verify(self._client)
+                # TLS trusts what boto3 trusts (AWS_CA_BUNDLE, ca_bundle in the profile), else
+                # the system's CAs.
+                self._fast = PresignedRangeReader(
+                    timeout_s=self._timeout_s, verify=_boto_verify(self._client)
                 )
             return self._fast
 
     def _fast_read(self, key: str, start: int, end: int, info: ObjectInfo) -> StreamContext | None:
-        """The range through a presigned URL and http.client, read straight into the caller's
-        buffer: boto3's body costs two more copies of every byte (0.5 CPU-s per GiB here).
+        """The range through a presigned URL (:mod:`worker.net.presigned`).
 
         None means "use boto3": the first answer that is neither the range, a changed object
         nor a temporary error (a region redirect, a signature the endpoint does not take, ...)
@@ -324,17 +326,9 @@ class S3Store(SdkStore):
             url = self._client.generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=_PRESIGN_S
             )
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if info.etag:
-            headers["If-Match"] = f'"{info.etag}"'
+        if_match = f'"{info.etag}"' if info.etag else None
         try:
-            response, body = self._fast_client().get(
-                scheme, parts.hostname or "", port, target, headers, url
-            )
+            got = self._reader().read(url, start, end, if_match=if_match)
         except (TransientError, SourceError) as exc:
             if self._fast_proven:
                 raise
@@ -343,16 +337,17 @@ class S3Store(SdkStore):
             log.info("%s: ranged reads go through boto3 (%s)", self.name, exc)
             self._fast_reads = False
             return None
-        status = response.status
-        if body is not None and status == 206 and response.length == end - start:
-            first = (response.getheader("content-range") or "").partition(" ")[2].split("-")[0]
-            if first == str(start):
-                self._fast_proven = True
-                return StreamContext(body)
-        if body is not None:
-            body.close()
+        if got.body is not None:
+            self._fast_proven = True
+            return StreamContext(got.body)
+        status = got.status
         if status in (404, 412, 429) or status >= 500:
-            raise _translate(_FastStatus(status), self.uri(key), "read")
+            raise ERRORS.error(
+                self.uri(key),
+                status=status,
+                op="read",
+                retry_after_s=parse_retry_after(got.retry_after),
+            )
         log.info("%s: ranged reads go through boto3 (presigned GET answered HTTP %d)",
                  self.name, status)  # fmt: skip
         self._fast_reads = False
@@ -572,8 +567,19 @@ def _empty_stream() -> _EmptyStream:
     return _EmptyStream()
 
 
+class S3StoreConfig(StoreConfigBase):
+    type: Literal["s3"]
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    #: ranged reads through presigned URLs and http.client (no proxy); false: boto3 for all
+    fast_reads: bool = True
+
+
 def from_config(
-    name: str, cfg: S3StoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: S3StoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> S3Store:
     """Credentials come from boto3's chain (env, shared files with ``profile``, instance role)."""
     return S3Store(
@@ -583,14 +589,34 @@ def from_config(
         endpoint_url=cfg.endpoint_url,
         region=cfg.region,
         profile=cfg.profile,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=max(MIN_PART_BYTES, settings.chunk_size_bytes),
-        concurrency=settings.concurrency,
-        retry=RetryPolicy(attempts=settings.max_attempts),
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=max(MIN_PART_BYTES, tuning.part_size_bytes),
+        concurrency=tuning.concurrency,
         # The fast path connects directly; where boto3 would go through a proxy, it does not.
-        fast_reads=cfg.fast_reads and not settings.proxy_in_env,
-        timeout_s=settings.http_timeout_s,
+        fast_reads=cfg.fast_reads and not tuning.proxy_in_env,
+        timeout_s=tuning.timeout_s,
     )
 
 
-__all__ = ["S3Store", "from_config"]
+def _owns(cfg: S3StoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (cfg.bucket,)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    return S3StoreConfig(type="s3", bucket=url.location[0])
+
+
+STORE_TYPE = StoreType(
+    name="s3",
+    scheme="s3",
+    url_form="s3://bucket/key",
+    location_parts=1,
+    config=S3StoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="s3",
+    sdk_module="boto3",
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "S3Store", "S3StoreConfig", "from_config"]

@@ -17,8 +17,9 @@
   not atomic under concurrent writers (eventual consistency); content-addressed keys make a
   double write harmless.
 
-swiftclient's retries are off (``retries=0``); transient errors are retried by
-:func:`worker.stores._retry.call_with_retry`. SDK exceptions are translated in :func:`_translate`.
+The SDK's own retries are off and the store makes each call once: a transient error goes up
+as :class:`~worker.errors.TransientError` to the engine's retry policy. SDK exceptions are
+translated in :func:`_translate` only, through the module's ``ERRORS`` table.
 """
 
 from __future__ import annotations
@@ -37,26 +38,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import requests.exceptions as rexc
-from swiftclient.client import Connection
-from swiftclient.exceptions import ClientException
+if TYPE_CHECKING:
+    from swiftclient.client import Connection
+
+from pydantic import Field
 
 from worker.errors import (
-    AccessDenied,
     AlreadyExists,
-    Changed,
+    HaulError,
     IntegrityError,
     NotFound,
     StoreError,
     TransientError,
+    UnsupportedURL,
 )
-from worker.settings import Settings, StoreSecrets, SwiftStoreConfig
-from worker.stores._retry import RetryPolicy
-from worker.stores._sdk import Op, SdkStore
+from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
+from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
+from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+
+if TYPE_CHECKING:
+    from worker.urls import ParsedURL
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +71,31 @@ MAX_SEGMENTS = 1000  # Swift's default max_manifest_segments
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _translate(exc: Exception, where: str, op: Op) -> StoreError:
+#: Swift answers with statuses only: 422 is a rejected ETag, 498 its rate limiting
+ERRORS = ErrorTable(
+    statuses={
+        **HTTP_STATUSES,
+        422: Rule(IntegrityError, "the server rejected the checksum"),
+        498: Rule(TransientError, "throttled"),
+    }
+)
+
+
+def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place swiftclient/requests exceptions become haul errors (status only)."""
+    import requests.exceptions as rexc
+    from swiftclient.exceptions import ClientException
+
     if isinstance(exc, ClientException):
         status = int(exc.http_status or 0)
-        detail = f"HTTP {status} {exc.http_reason or ''}".strip() if status else "no response"
-        if status == 404:
-            return NotFound(f"{where}: not found ({detail})")
-        if status in (401, 403):
-            return AccessDenied(f"{where}: access denied ({detail})")
-        if status == 412:
-            if op == "create":
-                return AlreadyExists(f"{where}: the object already exists ({detail})")
-            return Changed(f"{where}: the object changed since it was first seen ({detail})")
-        if status == 422:
-            return IntegrityError(f"{where}: the server rejected the checksum ({detail})")
-        if status == 0 or status in (408, 429, 498) or status >= 500:
-            return TransientError(f"{where}: temporary failure ({detail})")
-        return StoreError(f"{where}: request failed ({detail})")
+        if not status:
+            return TransientError(f"{where}: temporary failure (no response)")
+        return ERRORS.error(
+            where,
+            status=status,
+            op=op,
+            retry_after_s=header_retry_after(exc.http_response_headers),
+        )
     if isinstance(exc, rexc.RequestException | socket.error):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     return StoreError(f"{where}: {type(exc).__name__}")
@@ -119,9 +131,14 @@ def _iso(value: str | None) -> str | None:
 class SwiftStore(SdkStore):
     """One container (and key prefix) of an OpenStack Swift account."""
 
-    sdk_errors = (ClientException, rexc.RequestException, OSError)
+    @property
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import requests.exceptions as rexc
+        from swiftclient.exceptions import ClientException
 
-    def _translate(self, exc: Any, where: str, op: Op) -> StoreError:
+        return (ClientException, rexc.RequestException, OSError)
+
+    def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
 
     def __init__(
@@ -137,7 +154,6 @@ class SwiftStore(SdkStore):
         concurrency: int = 8,
         page_size: int = 10_000,
         timeout_s: float = 60.0,
-        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.container = container
@@ -149,7 +165,6 @@ class SwiftStore(SdkStore):
         self.concurrency = max(1, concurrency)
         self.page_size = page_size
         self.timeout_s = timeout_s
-        self.retry = retry or RetryPolicy()
         self._auth = auth
         self._local = _Local()
         self._lock = threading.Lock()
@@ -159,6 +174,8 @@ class SwiftStore(SdkStore):
     # -- connections -------------------------------------------------------------------------
 
     def _new_connection(self) -> Connection:
+        from swiftclient.client import Connection
+
         with self._lock:
             if self._storage_url is None:
                 self._authenticate()
@@ -177,6 +194,8 @@ class SwiftStore(SdkStore):
             )
 
     def _authenticate(self) -> None:
+        from swiftclient.client import Connection
+
         conn = Connection(
             authurl=self._auth.auth_url,
             user=self._auth.user,
@@ -427,8 +446,19 @@ class SwiftStore(SdkStore):
             self._local.conn = None
 
 
+class SwiftStoreConfig(StoreConfigBase):
+    type: Literal["swift"]
+    auth_url: str
+    auth_version: Literal["1.0", "3"] = "1.0"
+    project: str
+    container: Annotated[str, Field(min_length=1, max_length=256)]
+    prefix: str = ""
+    user_env: str = "ST_USER"
+    key_env: str = "ST_KEY"
+
+
 def from_config(
-    name: str, cfg: SwiftStoreConfig, secrets: StoreSecrets, settings: Settings
+    name: str, cfg: SwiftStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> SwiftStore:
     """v1: ``user``/``key`` secrets (from ``user_env``/``key_env``); v3: the ``os_*`` secrets."""
     if cfg.auth_version == "3":
@@ -459,12 +489,51 @@ def from_config(
         auth,
         project=cfg.project,
         prefix=cfg.prefix,
-        multipart_threshold_bytes=settings.multipart_threshold_bytes,
-        part_size_bytes=settings.chunk_size_bytes,
-        concurrency=settings.concurrency,
-        timeout_s=settings.http_timeout_s,
-        retry=RetryPolicy(attempts=settings.max_attempts),
+        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
+        part_size_bytes=tuning.part_size_bytes,
+        concurrency=tuning.concurrency,
+        timeout_s=tuning.timeout_s,
     )
 
 
-__all__ = ["SwiftAuth", "SwiftStore", "from_config"]
+_KEYSTONE_ENV = (
+    "OS_USERNAME",
+    "OS_PASSWORD",
+    "OS_USER_DOMAIN_NAME",
+    "OS_PROJECT_DOMAIN_NAME",
+    "OS_PROJECT_NAME",
+    "OS_REGION_NAME",
+)
+
+
+def _secret_env(cfg: SwiftStoreConfig) -> dict[str, str]:
+    return {"user": cfg.user_env, "key": cfg.key_env} | {v.lower(): v for v in _KEYSTONE_ENV}
+
+
+def _owns(cfg: SwiftStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
+    return url.location == (cfg.project, cfg.container)
+
+
+def _adhoc(url: ParsedURL) -> StoreConfigBase:
+    project, container = url.location
+    raise UnsupportedURL(
+        f"swift://{project}/{container}/... needs a declared swift store for that project and "
+        "container (Swift has no default endpoint to fall back to)"
+    )
+
+
+STORE_TYPE = StoreType(
+    name="swift",
+    scheme="swift",
+    url_form="swift://project/container/object",
+    location_parts=2,
+    config=SwiftStoreConfig,
+    build=from_config,
+    owns=_owns,
+    extra="swift",
+    sdk_module="swiftclient",
+    secret_env=_secret_env,
+    adhoc=_adhoc,
+)
+
+__all__ = ["STORE_TYPE", "SwiftAuth", "SwiftStore", "SwiftStoreConfig", "from_config"]

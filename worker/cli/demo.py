@@ -411,13 +411,13 @@ class Demo:
         return app
 
     def _client(self) -> Celery:
-        from worker.cli import celery_client
+        from worker.cli.client import celery_client
 
         client_settings = self.settings.model_copy(update={"redis_url": self.redis_url})
         return celery_client(client_settings)
 
     def run_task(self, app: Celery, task: str, message: dict[str, Any], queue: str) -> Any:
-        from worker.cli import send
+        from worker.cli.client import send
 
         result = send(app, task, message, self.queues[queue])
         value = result.get(timeout=TASK_TIMEOUT_S, propagate=False)
@@ -511,7 +511,7 @@ class Demo:
     def show_events(self, after: str, executions: set[str]) -> None:
         from redis import Redis
 
-        from worker.cli import format_event
+        from worker.cli.rendering import format_event
 
         s = self.screen
         stream = self.settings.events_stream

@@ -1,7 +1,7 @@
 """The httpx side of :class:`~worker.stores.http.HttpSource`, for when its fast client is off.
 
 Kept apart so that importing haul does not import httpx (about 40 ms of a ``haul fetch`` start
-on a 2-core machine): the fast path (:mod:`._fasthttp`, :mod:`._httplane`) covers every request
+on a 2-core machine): the fast path (:mod:`.pool`, :mod:`.lane`) covers every request
 unless ``fast=False``. The address guard is the same: :class:`GuardedBackend` checks the
 resolved address right before connecting, on every hop.
 """
@@ -15,8 +15,8 @@ import httpcore
 import httpx
 
 from worker.errors import ForbiddenAddress, HaulError, IntegrityError, SourceError, TransientError
-from worker.netguard import resolve
-from worker.urls import redact_url
+from worker.net.guard import resolve
+from worker.net.redact import redact_url
 
 HttpxResponse = httpx.Response
 

@@ -6,7 +6,7 @@ small files. This module keeps a small pool of keep-alive ``http.client`` connec
 (scheme, host, port) and lets the body be read straight into the caller's buffer.
 
 The private-address guard is kept: :meth:`_GuardedHTTPConnection.connect` resolves the host with
-:func:`worker.netguard.resolve` (which refuses non-public addresses) and connects to the checked
+:func:`worker.net.guard.resolve` (which refuses non-public addresses) and connects to the checked
 address itself, so DNS cannot answer differently between check and connect. HTTPS wraps that
 socket with SNI and hostname verification. Redirects are followed by the caller, hop by hop.
 """
@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from worker.errors import HaulError, SourceError, TransientError
-from worker.netguard import resolve
-from worker.urls import redact_url
+from worker.net.guard import resolve
+from worker.net.redact import redact_url
 
 # Large receive buffers cut the number of wake-ups per GiB on fast links.
 _RCVBUF = 4 * 1024 * 1024

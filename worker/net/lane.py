@@ -12,7 +12,7 @@ the ordinary path, which has the retries, redirects and error messages. So the l
 to be right about anything but the easy case.
 
 The address guard is kept: each connection goes to an address checked by
-:func:`worker.netguard.resolve`. Each connection carries one request at a time (no pipelining);
+:func:`worker.net.guard.resolve`. Each connection carries one request at a time (no pipelining);
 a connection the server closed while idle gets the request again once on a new one.
 """
 
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from worker.errors import HaulError
-from worker.netguard import resolve
+from worker.net.guard import resolve
 
 _RECV = 256 * 1024
 _MAX_HEAD = 64 * 1024

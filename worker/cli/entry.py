@@ -1,0 +1,69 @@
+"""``haul``'s entry point: parse, read the settings once, run the subcommand, map its end.
+
+Nothing below reads the environment again: each subcommand gets the settings object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from worker.cli.client import shown_redis
+from worker.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Handler, err
+from worker.cli.parser import build_parser
+from worker.errors import ConfigError, HaulError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USAGE
+    check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
+    if check is not None:
+        check(args)
+
+    from worker.settings import CONFIG_ENV, load_settings
+
+    if args.config:
+        # Also what `haul worker` and the demo's worker read: they are other processes.
+        os.environ[CONFIG_ENV] = args.config
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"haul: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `haul events | head`: the reader is done; say nothing more on a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except HaulError as exc:
+        err(str(exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        if not _is_broker_error(exc):
+            raise
+        err(f"cannot use Redis at {shown_redis(settings)}: {exc}")
+        return EXIT_FAILED
+
+
+def _is_broker_error(exc: Exception) -> bool:
+    """A Redis or kombu connection error, without importing either (60 ms of every start):
+    a command that never imported them cannot have raised their errors."""
+    kinds = tuple(
+        kind
+        for module, name in (
+            ("redis.exceptions", "RedisError"),
+            ("kombu.exceptions", "OperationalError"),
+        )
+        if (kind := getattr(sys.modules.get(module), name, None)) is not None
+    )
+    return bool(kinds) and isinstance(exc, kinds)

@@ -15,11 +15,11 @@ from urllib.parse import unquote, urlsplit
 from worker.constants import DATASET_SCHEME
 from worker.errors import HaulError, NoMatch, NotFound, UnsafePathError, UnsupportedURL
 from worker.models import InputSpec
-from worker.paths import clean_relative
+from worker.paths import check_relative, clean_relative
 from worker.pipeline.runtime import Runtime
 from worker.records.aliases import AliasIndex, is_datum_id
 from worker.records.datasets import DatasetIndex, VersionRef
-from worker.stores.base import ObjectInfo, ObjectSource
+from worker.stores.base import ObjectInfo, ObjectSource, Store
 from worker.stores.resolver import expand_wildcard
 from worker.urls import (
     ParsedURL,
@@ -123,6 +123,7 @@ def _dataset(
     ref = VersionRef(url.location[0], url.key)
     full = spec.keep_directories != "none" or "keep_directories" not in spec.model_fields_set
     files: list[PlannedFile] = []
+    stores: dict[str, Store] = {}
     for page in DatasetIndex(runtime.redis).members(project_id, ref):
         for member, datum in page:
             shown = f"datum://{datum.datum_id}"
@@ -133,10 +134,15 @@ def _dataset(
                 skipped.append((shown, f"optional input missing: {missing}"))
                 continue
             rel = member.path if full else posixpath.basename(member.path)
-            store = runtime.sources.store(datum.store)
-            files.append(
-                PlannedFile(spec.name, shown, store, datum.key, None, _checked(rel, shown))
-            )
+            if datum.store not in stores:
+                stores[datum.store] = runtime.sources.store(datum.store)
+            try:
+                check_relative(rel)
+            except UnsafePathError:
+                raise UnsafePathError(
+                    f"{shown} would be written to {rel!r}, which leaves the input folder"
+                ) from None
+            files.append(PlannedFile(spec.name, shown, stores[datum.store], datum.key, None, rel))
     return files
 
 

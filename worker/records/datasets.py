@@ -209,6 +209,20 @@ class DatasetIndex:
         pipe.execute()
         return None
 
+    def join_many(
+        self, project_id: str, execution_id: str, entry: VersionEntry, members: list[Member]
+    ) -> str | None:
+        """:meth:`join` for many members at once (one claim, then pages of ``HSET``)."""
+        if not members:
+            return None
+        reason = self.join(project_id, execution_id, entry, members[0], "")
+        if reason is not None:
+            return reason
+        key = f"{KEY_DATASET_NEW}:{_suffix(project_id, entry.target)}"
+        for chunk in _chunks(members[1:], DATASET_PAGE_SIZE):
+            self.client.hset(key, mapping={m.path: m.datum_id for m in chunk})
+        return None
+
     def _is_member(self, project_id: str, ref: VersionRef, member: Member) -> bool:
         got = self.client.hget(f"{KEY_DATASET_NEW}:{_suffix(project_id, ref)}", member.path)
         if got is not None:

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from celery.result import AsyncResult
 
 from tests.integration.conftest import Haul, new_id
 from tests.support.servers import RedisServer
-from tests.support.worker import start_worker
+from tests.support.worker import start_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +179,42 @@ def test_a_killed_watch_comes_back_and_rescans(redis_private: RedisServer, tmp_p
         assert state == "SUCCESS" and summary["files"] == 2
         assert all(d["deduplicated"] for d in summary["datums"])
     assert redis.Redis.from_url(redis_private.url).exists(f"haul:watch:stop:{eid}")
+
+
+def test_haul_worker_runs_watches_in_a_pool_of_their_own(
+    redis_private: RedisServer, tmp_path: Path
+) -> None:
+    """``haul worker`` with one prefork process: a running watch does not hold up
+    store_outputs (the watch has its own threads worker), and SIGTERM stops both workers."""
+    data_dir, eid = tmp_path / "data", new_id()
+    out = data_dir / "executions" / eid / "outputs"
+    out.mkdir(parents=True)
+    env = worker_env(
+        redis_private.url,
+        data_dir,
+        {**ENV, "HAUL_WATCH_ROUND_S": "30", "HAUL_SHUTDOWN_GRACE_S": "2"},
+    )
+    log = (tmp_path / "haul-worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        text = lambda: (tmp_path / "haul-worker.log").read_text(errors="replace")  # noqa: E731
+        _wait(lambda: text().count(" ready.") >= 2, 60, "both workers never became ready")
+        haul = Haul(redis_private.url, data_dir, None)
+        haul.send("haul.watch_outputs", _msg(eid))
+        _wait(lambda: haul.r.exists(f"haul:watch:active:{eid}"), 20, "the watch never started")
+        (out / "f.txt").write_text("x")
+        state, summary = haul.run("haul.store_outputs", _msg(eid), timeout=25)
+        assert state == "SUCCESS" and summary["files"] == 1
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)  # Celery's cold-shutdown exit code, from whichever worker ended first
+        assert text().count("Cold shutdown (MainProcess)") == 2
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.cli.client import redis_client
 from worker.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, Subparsers, err
-from worker.constants import ALL_QUEUES
+from worker.constants import ALL_QUEUES, QUEUE_WATCH
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -55,12 +55,27 @@ def register_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", args.queues]
-    argv += ["--loglevel", args.loglevel or settings.log_level]
-    if args.concurrency is not None:
-        argv += ["--concurrency", str(args.concurrency)]
+    from worker.cli.supervise import celery_worker, run_together
+
+    common = ["--loglevel", args.loglevel or settings.log_level]
+    main = common + (["--concurrency", str(args.concurrency)] if args.concurrency else [])
+    queues = [q for q in args.queues.split(",") if q]
+    if QUEUE_WATCH in queues and len(queues) > 1:
+        # Watches in a worker of their own (docs/data-model.md, "Own concurrency").
+        name = args.hostname or "celery@%h"
+        watch = [*common, "--pool", "threads", "--concurrency", str(settings.watch_concurrency)]
+        others = ",".join(q for q in queues if q != QUEUE_WATCH)
+        if args.hostname:
+            main += ["--hostname", args.hostname]
+        return run_together(
+            [
+                celery_worker(others, main),
+                celery_worker(QUEUE_WATCH, [*watch, "--hostname", f"watch-{name}"]),
+            ]
+        )
     if args.hostname:
-        argv += ["--hostname", args.hostname]
+        main += ["--hostname", args.hostname]
+    argv = celery_worker(args.queues, main)
     # SIGTERM handling (soft shutdown, then requeue) is set up by the app itself: tasks/app.py.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -71,5 +71,6 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "azure", "swiftclient"):
+    sdk_loggers = [name for t in registry.STORE_TYPES for name in t.loggers]
+    for noisy in ("httpx", "httpcore", "urllib3", *sdk_loggers):
         logging.getLogger(noisy).setLevel(logging.WARNING)

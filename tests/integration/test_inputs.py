@@ -346,3 +346,34 @@ def test_share_inputs_with_wildcards_and_keep_directories(haul: Haul) -> None:
     )
     assert state == "FAILURE"
     assert haul.events(eid, "haul.inputs.failed")[0]["data"]["error"]["code"] == "no_match"
+
+
+def test_failures_outside_the_download_still_publish_inputs_failed(
+    haul: Haul, www: TestHTTPServer, tmp_path: Path
+) -> None:
+    """Through a real worker: a pre-made symlink at the execution folder, and a folder where
+    ``config/inputs.json`` goes, each end the task as a failure with ``haul.inputs.failed``
+    (an orchestrator waiting for the outcome gets one), and the worker serves the next one."""
+    (Path(www.root) / "one.bin").write_bytes(b"one")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = new_id()
+    haul.exec_dir(linked).parent.mkdir(parents=True, exist_ok=True)
+    haul.exec_dir(linked).symlink_to(elsewhere)
+    blocked = new_id()
+    (haul.exec_dir(blocked) / "config" / "inputs.json").mkdir(parents=True)
+    for eid, code in ((linked, "unsafe_path"), (blocked, "destination_error")):
+        state, _ = haul.run(
+            "haul.prepare_inputs",
+            {
+                "execution_id": eid,
+                "project_id": "p",
+                "inputs": [{"name": "x", "urls": [www.url("/one.bin")]}],
+            },
+        )
+        assert state == "FAILURE"
+        [failed] = haul.events(eid, "haul.inputs.failed")
+        assert failed["data"]["error"]["code"] == code
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in (haul.exec_dir(blocked) / "config").iterdir()) == ["inputs.json"]
+    assert haul.worker.proc.poll() is None

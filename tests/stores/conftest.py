@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from worker.stores.base import Store
+from worker.stores.plugin import StoreTuning
 
 MiB = 1024 * 1024
 KINDS = ["local", "s3", "azure", "gcs", "swift"]
 # Small numbers so multipart paths run on little data (S3 parts must be >= 5 MiB).
-SMALL = {"multipart_threshold_bytes": 6 * MiB, "part_size_bytes": 5 * MiB}
+SMALL = StoreTuning(multipart_threshold_bytes=6 * MiB, part_size_bytes=5 * MiB)
+
+
+def _args(kw: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments from ``make(**kw)``: tuning fields go into a StoreTuning."""
+    names = {f.name for f in fields(StoreTuning)}
+    tuned = {k: v for k, v in kw.items() if k in names}
+    return {k: v for k, v in kw.items() if k not in names} | {"tuning": replace(SMALL, **tuned)}
 
 
 @dataclass
@@ -73,7 +81,7 @@ def _s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Harn
     )
 
     def make(bucket: str = bucket, **kw: Any) -> Store:
-        args = {**SMALL, **kw}
+        args = _args(kw)
         return S3Store("s3", bucket, endpoint_url=srv.endpoint_url, region=srv.region, **args)
 
     def wrong() -> tuple[Store, list[str]]:
@@ -99,9 +107,7 @@ def _azure(request: pytest.FixtureRequest) -> Harness:
     def make(
         container: str = container, connection_string: str = srv.connection_string, **kw: Any
     ) -> Store:
-        return AzureStore(
-            "azure", container, connection_string=connection_string, **{**SMALL, **kw}
-        )
+        return AzureStore("azure", container, connection_string=connection_string, **_args(kw))
 
     def wrong() -> tuple[Store, list[str]]:
         bad_key = "aGF1bC13cm9uZy1rZXktZm9yLXRlc3RzLW9ubHktMDEyMzQ1Njc4OQ=="
@@ -128,9 +134,7 @@ def _gcs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Har
     client.create_bucket(bucket)
 
     def make(bucket: str = bucket, **kw: Any) -> Store:
-        return GCSStore(
-            "gcs", bucket, endpoint_url=srv.endpoint, project=srv.project, **{**SMALL, **kw}
-        )
+        return GCSStore("gcs", bucket, endpoint_url=srv.endpoint, project=srv.project, **_args(kw))
 
     # fake-gcs-server accepts every request anonymously: no wrong-credentials case to test.
     return Harness("gcs", make(), make, lambda: make(bucket=_bucket()), None, srv)
@@ -149,7 +153,7 @@ def _swift(request: pytest.FixtureRequest) -> Harness:
 
     def make(container: str = container, key: str = srv.key, **kw: Any) -> Store:
         auth = SwiftAuth(auth_url=srv.auth_url, auth_version="1", user=srv.user, key=key)
-        return SwiftStore("swift", container, auth, project=srv.project, **{**SMALL, **kw})
+        return SwiftStore("swift", container, auth, project=srv.project, **_args(kw))
 
     def wrong() -> tuple[Store, list[str]]:
         return make(key="haul-wrong-swift-key-7c1d"), ["haul-wrong-swift-key-7c1d"]

@@ -9,6 +9,7 @@ the table, or a code the SDK never hands over) fails here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,3 +138,24 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("999999") == 600.0
+
+
+def test_an_http_source_makes_one_request_and_passes_retry_after_up(tmp_path: Path) -> None:
+    """A plain http(s) input answering 503 + Retry-After costs one request per call and says
+    how long the server asked to wait; a 429 without the header says nothing."""
+    from tests.support.httpserver import serve
+    from worker.stores.http import HttpSource
+
+    with serve(tmp_path) as srv:
+        srv.put_file("/f.bin", b"data")
+        http = HttpSource(allow_private=True, timeout_s=5.0)
+        srv.faults.fail_next("/f.bin", n=1, status=503, headers={"Retry-After": "5"})
+        with pytest.raises(TransientError) as caught:
+            http.stat(srv.url("/f.bin"))
+        assert caught.value.retry_after_s == 5.0
+        srv.faults.fail_next("/f.bin", n=1, status=429)
+        with pytest.raises(TransientError) as caught:
+            http.read_first(srv.url("/f.bin"), 1024)
+        assert caught.value.retry_after_s is None
+        assert len(srv.requests_for("/f.bin")) == 2
+        http.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import selectors
 import socket
 import ssl
@@ -28,10 +29,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from worker.errors import HaulError
 from worker.net.guard import resolve
+from worker.net.pool import basic_auth
 
+#: characters a request line must not carry as they are (controls, space, non-ASCII)
+_UNUSUAL = re.compile(r"[^\x21-\x7e]")
 _RECV = 256 * 1024
 _MAX_HEAD = 64 * 1024
 #: failed requests after which a host that never answered well leaves the lane
@@ -59,6 +64,28 @@ class LaneAnswer:
     reason: str = ""
     #: from the request's first byte sent (or connect) to its last byte received
     seconds: float = 0.0
+
+
+def lane_request(token: int, url: str) -> LaneRequest | None:
+    """The lane's request for ``url``, or None when anything about it is unusual (the ordinary
+    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if (
+        scheme not in ("http", "https")
+        or not host
+        or not host.isascii()
+        or _UNUSUAL.search(target + host)
+    ):
+        return None
+    port = port or (443 if scheme == "https" else 80)
+    return LaneRequest(token, scheme, host, port, target, basic_auth(url))
 
 
 _Key = tuple[str, str, int]

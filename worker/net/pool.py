@@ -181,6 +181,15 @@ def _short(url: str, got: int, expected: int | None) -> HaulError:
     return IntegrityError(f"{redact_url(url)}: body ended after {got} of {expected} bytes")
 
 
+def request_target(url: str) -> tuple[str, str, int, str]:
+    """``(scheme, host, port, target)`` of an http(s) URL, as :meth:`FastClient.get` takes it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return scheme, parts.hostname or "", port, target
+
+
 def basic_auth(url: str) -> dict[str, str]:
     """Userinfo in the URL becomes HTTP basic auth (it is never logged or recorded)."""
     parts = urlsplit(url)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from worker.net.pool import FastBody, FastClient
+from worker.net.pool import FastBody, FastClient, request_target
 
 
 @dataclass
@@ -34,14 +33,11 @@ class PresignedRangeReader:
     def read(self, url: str, start: int, end: int, *, if_match: str | None) -> RangeAnswer:
         """GET bytes ``[start, end)`` of ``url``; raises TransientError/SourceError when no
         answer came (connection, TLS)."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        scheme, host, port, target = request_target(url)
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if if_match:
             headers["If-Match"] = if_match
-        response, body = self._client.get(scheme, parts.hostname or "", port, target, headers, url)
+        response, body = self._client.get(scheme, host, port, target, headers, url)
         if body is not None and response.status == 206 and response.length == end - start:
             first = (response.getheader("content-range") or "").partition(" ")[2].split("-")[0]
             if first == str(start):

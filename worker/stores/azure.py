@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -43,10 +41,17 @@ from worker.errors import (
     TransientError,
 )
 from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
+from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -141,24 +146,25 @@ class AzureStore(SdkStore):
         account_url: str | None = None,
         credential: Any = None,
         api_version: str | None = None,
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
-        concurrency: int = 8,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 5000,
     ) -> None:
         self.name = name
         self.container = container
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
-        self.part_size_bytes = part_size_bytes
-        self.concurrency = max(1, concurrency)
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
+        self.part_size_bytes = tuning.part_size_bytes
+        self.concurrency = max(1, tuning.concurrency)
         self.page_size = page_size
         opts: dict[str, Any] = {
             "retry_total": 0,
+            # http_timeout_s, not azure-core's 300 s read timeout: a stall is a retried timeout
+            "connection_timeout": min(tuning.timeout_s, 15.0),
+            "read_timeout": tuning.timeout_s,
             "max_single_get_size": 32 * MiB,
             "max_chunk_get_size": 32 * MiB,
-            "max_single_put_size": max(multipart_threshold_bytes, 1),
-            "max_block_size": part_size_bytes,
+            "max_single_put_size": max(tuning.multipart_threshold_bytes, 1),
+            "max_block_size": tuning.part_size_bytes,
         }
         if api_version:
             opts["api_version"] = api_version
@@ -274,46 +280,40 @@ class AzureStore(SdkStore):
         # If-None-Match: * stays the real guard.
         if self._exists(key):
             raise AlreadyExists(f"{self.uri(key)}: the blob already exists")
-        block_size = max(self.part_size_bytes, -(-size // MAX_BLOCKS))
         upload = uuid.uuid4().hex  # block ids unique to this upload: racing writers never mix
-        blocks = [
-            (
-                base64.b64encode(f"{upload}-{n:06d}".encode()).decode(),
-                off,
-                min(block_size, size - off),
+
+        def send(part: Part, data: bytes) -> str:
+            block_id = base64.b64encode(f"{upload}-{part.number - 1:06d}".encode()).decode()
+            self._call(
+                lambda: self._blob(key).stage_block(
+                    block_id, data, length=part.length, validate_content=True
+                ),
+                key,
+                "create",
             )
-            for n, off in enumerate(range(0, size, block_size))
-        ]
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="haul-az-block") as pool:
-                list(pool.map(lambda b: self._stage(key, fd, *b), blocks))
-        finally:
-            os.close(fd)
-        from azure.core import MatchConditions
-        from azure.storage.blob import BlobBlock
+            return block_id
 
-        block_list = [BlobBlock(block_id=block_id) for block_id, _, _ in blocks]
-        self._call(
-            lambda: self._blob(key).commit_block_list(
-                block_list, content_settings=settings, match_condition=MatchConditions.IfMissing
-            ),
-            key,
-            "create",
-        )
-        # Uncommitted blocks of a failed upload are garbage-collected by Azure after 7 days.
+        def commit(sent: list[tuple[Part, str]]) -> None:
+            from azure.core import MatchConditions
+            from azure.storage.blob import BlobBlock
 
-    def _stage(self, key: str, fd: int, block_id: str, offset: int, length: int) -> None:
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise IntegrityError(f"{self.uri(key)}: the file changed size while uploading")
-        self._call(
-            lambda: self._blob(key).stage_block(
-                block_id, data, length=length, validate_content=True
-            ),
-            key,
-            "create",
-        )
+            block_list = [BlobBlock(block_id=block_id) for _, block_id in sent]
+            self._call(
+                lambda: self._blob(key).commit_block_list(
+                    block_list,
+                    content_settings=settings,
+                    match_condition=MatchConditions.IfMissing,
+                ),
+                key,
+                "create",
+            )
+
+        upload_parts(
+            path, plan_parts(size, self.part_size_bytes, MAX_BLOCKS), send=send, commit=commit,
+            # Uncommitted blocks of a failed upload are garbage-collected by Azure after 7 days.
+            abort=lambda _: None,
+            concurrency=self.concurrency, what=self.uri(key), thread_name="haul-az-block",
+        )  # fmt: skip
 
     def _exists(self, key: str) -> bool:
         try:
@@ -355,9 +355,7 @@ def from_config(
         prefix=cfg.prefix,
         connection_string=secrets.get("connection_string"),
         account_url=cfg.account_url,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=tuning.part_size_bytes,
-        concurrency=tuning.concurrency,
+        tuning=tuning,
     )
 
 
@@ -399,6 +397,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="azure",
     sdk_module="azure.storage.blob",
+    loggers=("azure",),
     secret_env=lambda cfg: {"connection_string": cfg.connection_string_env},
     adhoc=_adhoc,
 )

@@ -43,7 +43,13 @@ from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -70,11 +76,12 @@ def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     import google.api_core.exceptions as gexc
     import google.auth.exceptions as gauth
     import requests.exceptions as rexc
+    import urllib3.exceptions as u3exc
     from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
     if isinstance(exc, DataCorruption):
         return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
-    if isinstance(exc, gauth.TransportError | rexc.RequestException):
+    if isinstance(exc, gauth.TransportError | rexc.RequestException | u3exc.HTTPError):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     if isinstance(exc, gauth.GoogleAuthError):
         return AccessDenied(f"{where}: no usable Google credentials ({type(exc).__name__})")
@@ -122,12 +129,15 @@ class GCSStore(SdkStore):
         import google.api_core.exceptions as gexc
         import google.auth.exceptions as gauth
         import requests.exceptions as rexc
+        import urllib3.exceptions as u3exc
         from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
         return (
             gexc.GoogleAPIError,
             gauth.GoogleAuthError,
             rexc.RequestException,
+            # a body cut short reaches download_as_bytes as urllib3's ProtocolError, unwrapped
+            u3exc.HTTPError,
             InvalidResponse,
             DataCorruption,
         )
@@ -145,17 +155,17 @@ class GCSStore(SdkStore):
         endpoint_url: str | None = None,
         project: str | None = None,
         anonymous: bool | None = None,
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 1000,
     ) -> None:
         self.name = name
         self.bucket_name = bucket
+        self.timeout_s = tuning.timeout_s
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
         # resumable chunks must be multiples of 256 KiB
         self.part_size_bytes = max(
-            RESUMABLE_QUANTUM, part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
+            RESUMABLE_QUANTUM, tuning.part_size_bytes // RESUMABLE_QUANTUM * RESUMABLE_QUANTUM
         )
         self.page_size = page_size
         if client is None:
@@ -193,7 +203,7 @@ class GCSStore(SdkStore):
 
     def stat(self, key: str) -> ObjectInfo:
         blob = self._bucket.blob(key)
-        self._call(lambda: blob.reload(retry=None), key)
+        self._call(lambda: blob.reload(retry=None, timeout=self.timeout_s), key)
         return self._info(blob)
 
     @staticmethod
@@ -235,7 +245,12 @@ class GCSStore(SdkStore):
         def fetch(offset: int) -> bytes:
             last = min(offset + step, end) - 1
             data: bytes = blob.download_as_bytes(
-                start=offset, end=last, raw_download=True, checksum=None, retry=None
+                start=offset,
+                end=last,
+                raw_download=True,
+                checksum=None,
+                retry=None,
+                timeout=self.timeout_s,
             )
             return data
 
@@ -257,7 +272,11 @@ class GCSStore(SdkStore):
         with self._sdk(prefix):
             blobs = iter(
                 self._client.list_blobs(
-                    self.bucket_name, prefix=prefix or None, page_size=self.page_size, retry=None
+                    self.bucket_name,
+                    prefix=prefix or None,
+                    page_size=self.page_size,
+                    retry=None,
+                    timeout=self.timeout_s,
                 )
             )
         while True:
@@ -278,7 +297,9 @@ class GCSStore(SdkStore):
             blob = self._bucket.blob(key, chunk_size=self.part_size_bytes if large else None)
             if md5:
                 blob.md5_hash = base64.b64encode(bytes.fromhex(md5)).decode("ascii")
-            blob.upload_from_filename(str(path), if_generation_match=0, retry=None)
+            blob.upload_from_filename(
+                str(path), if_generation_match=0, retry=None, timeout=self.timeout_s
+            )
 
         self._call(upload, key, "create")
 
@@ -291,7 +312,9 @@ class GCSStore(SdkStore):
 
     def delete(self, key: str) -> bool:
         try:
-            self._call(lambda: self._bucket.blob(key).delete(retry=None), key)
+            self._call(
+                lambda: self._bucket.blob(key).delete(retry=None, timeout=self.timeout_s), key
+            )
         except NotFound:
             return False
         return True
@@ -299,7 +322,7 @@ class GCSStore(SdkStore):
     def put_record(self, key: str, data: bytes) -> None:
         self._call(
             lambda: self._bucket.blob(key).upload_from_string(
-                data, content_type="application/json", retry=None
+                data, content_type="application/json", retry=None, timeout=self.timeout_s
             ),
             key,
         )
@@ -332,8 +355,7 @@ def from_config(
         endpoint_url=endpoint,
         project=cfg.project,
         anonymous=anonymous,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=tuning.part_size_bytes,
+        tuning=tuning,
     )
 
 
@@ -355,6 +377,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="gcs",
     sdk_module="google.cloud.storage",
+    loggers=("google",),
     # The SDK honours it too; captured so the store sees it without reading the environment.
     secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
     adhoc=_adhoc,

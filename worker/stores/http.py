@@ -15,12 +15,11 @@ costs one request and a large one learns its size and ETag from its first chunk.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from worker.errors import (
     Changed,
@@ -28,8 +27,8 @@ from worker.errors import (
     IntegrityError,
     SourceError,
 )
-from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop
-from worker.net.pool import FastBody, FastClient, basic_auth
+from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop, lane_request
+from worker.net.pool import FastBody, FastClient, request_target
 from worker.net.redact import redact_url
 from worker.net.status import http_status_error
 from worker.stores.base import (
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from worker.net.httpx_client import HttpxClient, HttpxResponse
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-#: characters a request line must not carry as they are (controls, space, non-ASCII)
-_UNUSUAL = re.compile(r"[^\x21-\x7e]")
 T = TypeVar("T")
 
 
@@ -162,13 +159,10 @@ class HttpSource(SourceBase):
         assert fast is not None
 
         def hop(current: str) -> tuple[int, str | None, tuple[Any, FastBody | None]]:
-            parts = urlsplit(current)
-            scheme = parts.scheme.lower()
-            if scheme not in ("http", "https") or not parts.hostname:
+            scheme, host, port, target = request_target(current)
+            if scheme not in ("http", "https") or not host:
                 raise SourceError(f"{redact_url(url)} redirects to a non-HTTP URL")
-            port = parts.port or (443 if scheme == "https" else 80)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            response, body = fast.get(scheme, parts.hostname, port, target, headers, current)
+            response, body = fast.get(scheme, host, port, target, headers, current)
             return response.status, response.getheader("location"), (response, body)
 
         (response, body), final = self._follow(url, hop)
@@ -221,7 +215,7 @@ class HttpSource(SourceBase):
         fast = self.fast
         requests: list[LaneRequest] = []
         for index, key in enumerate(keys):
-            request = _lane_request(index, key) if fast is not None else None
+            request = lane_request(index, key) if fast is not None else None
             if request is None:
                 deliver(index, None)
             else:
@@ -344,28 +338,6 @@ class HttpSource(SourceBase):
             body.close()
             raise
         return StreamContext(body)
-
-
-def _lane_request(index: int, key: str) -> LaneRequest | None:
-    """The lane's request for ``key``, or None when anything about it is unusual (the ordinary
-    way then decides: a bad port, a non-ASCII host that needs IDNA, odd characters...)."""
-    try:
-        parts = urlsplit(key)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if (
-        scheme not in ("http", "https")
-        or not host
-        or not host.isascii()
-        or _UNUSUAL.search(target + host)
-    ):
-        return None
-    port = port or (443 if scheme == "https" else 80)
-    return LaneRequest(index, scheme, host, port, target, basic_auth(key))
 
 
 def _check_range(

@@ -229,6 +229,10 @@ def _adhoc(url: ParsedURL) -> StoreConfigBase:
     )
 
 
+def _key_of(cfg: LocalStoreConfig, url: ParsedURL) -> str:
+    return Path(url.key).relative_to(cfg.path).as_posix()
+
+
 STORE_TYPE = StoreType(
     name="local",
     scheme="file",
@@ -238,4 +242,5 @@ STORE_TYPE = StoreType(
     build=from_config,
     owns=_owns,
     adhoc=_adhoc,
+    key_of=_key_of,
 )

@@ -66,8 +66,16 @@ class StoreTuning:
         )
 
 
+#: what a store built without settings uses (tests, ``haul fetch`` of an ad-hoc URL)
+DEFAULT_TUNING = StoreTuning()
+
+
 def _no_secrets(config: Any) -> Mapping[str, str]:
     return {}
+
+
+def _whole_key(config: Any, url: ParsedURL) -> str:
+    return url.key
 
 
 @dataclass(frozen=True)
@@ -94,3 +102,7 @@ class StoreType:
     secret_env: Callable[[Any], Mapping[str, str]] = field(default=_no_secrets)
     #: the config of a container no store declares (None: such URLs are refused)
     adhoc: Callable[[ParsedURL], StoreConfigBase] | None = None
+    #: ``key_of(config, url)``: the store's key for a URL it owns (default: the URL's key)
+    key_of: Callable[[Any, ParsedURL], str] = field(default=_whole_key)
+    #: the SDK's loggers, quietened to WARNING (they log every request, URLs included)
+    loggers: tuple[str, ...] = ()

@@ -74,6 +74,11 @@ def owns(cfg: StoreConfigBase, secrets: StoreSecrets, url: ParsedURL) -> bool:
     return url.scheme == kind.scheme and kind.owns(cfg, secrets, url)
 
 
+def key_of(cfg: StoreConfigBase, url: ParsedURL) -> str:
+    """The key inside the declared store ``cfg`` for a URL it owns."""
+    return by_name(cfg.type).key_of(cfg, url)
+
+
 def adhoc_config(url: ParsedURL) -> StoreConfigBase:
     """A config for a container no store declares: the SDK's default endpoint and credentials."""
     kind = by_scheme(url.scheme)

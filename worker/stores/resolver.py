@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 from worker.errors import NoMatch, UnsupportedURL
-from worker.settings import LocalStoreConfig, Settings, StoreConfig, StoreSecrets
+from worker.settings import Settings, StoreConfig, StoreSecrets
 from worker.stores.base import ObjectInfo, ObjectSource, Store
 from worker.stores.http import HttpSource
 from worker.stores.local import LocalStore
-from worker.stores.registry import adhoc_config, build_store, owns
+from worker.stores.registry import adhoc_config, build_store, key_of, owns
 from worker.urls import ParsedURL, matches, redact_url, wildcard_prefix
 
 
@@ -60,10 +60,7 @@ class Sources:
             return self.http(), url.key
         for name, cfg in self.settings.all_stores().items():
             if owns(cfg, self.settings.store_secrets(name), url):
-                store = self.store(name)
-                if isinstance(cfg, LocalStoreConfig):
-                    return store, Path(url.key).relative_to(cfg.path).as_posix()
-                return store, url.key
+                return self.store(name), key_of(cfg, url)
         if url.scheme == "file" and self.any_local_file:
             path = Path(url.key)
             label = f"file://{path.parent}"

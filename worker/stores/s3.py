@@ -22,10 +22,9 @@ import base64
 import hashlib
 import ipaddress
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -52,10 +51,17 @@ from worker.net.status import (
     header_retry_after,
     parse_retry_after,
 )
+from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -170,26 +176,23 @@ class S3Store(SdkStore):
         endpoint_url: str | None = None,
         region: str | None = None,
         profile: str | None = None,
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
-        concurrency: int = 8,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 1000,
         fast_reads: bool = True,
-        timeout_s: float = 60.0,
     ) -> None:
-        if part_size_bytes < MIN_PART_BYTES:
+        if tuning.part_size_bytes < MIN_PART_BYTES:
             raise ValueError(f"part_size_bytes must be >= {MIN_PART_BYTES} (S3's minimum)")
         self.name = name
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
-        self.part_size_bytes = part_size_bytes
-        self.concurrency = max(1, concurrency)
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
+        self.part_size_bytes = tuning.part_size_bytes
+        self.concurrency = max(1, tuning.concurrency)
         self.page_size = page_size
         self._versioned: bool | None = None
         self._fast_reads = fast_reads and client is None
         self._fast_proven = False
-        self._timeout_s = timeout_s
+        self._timeout_s = tuning.timeout_s
         self._fast: PresignedRangeReader | None = None
         self._fast_lock = threading.Lock()
         self._client = (
@@ -209,6 +212,9 @@ class S3Store(SdkStore):
             # Presigned URLs too (boto3 would presign with SigV2, which newer regions refuse).
             signature_version="s3v4",
             retries={"total_max_attempts": 1, "mode": "standard"},
+            # http_timeout_s, not botocore's 60 s: a stalled answer is a retried timeout.
+            connect_timeout=min(self._timeout_s, 15.0),
+            read_timeout=self._timeout_s,
             max_pool_connections=max(10, 2 * self.concurrency),
             s3=s3_cfg or None,
         )
@@ -404,65 +410,42 @@ class S3Store(SdkStore):
         # wastes the transfer. completeMultipartUpload(IfNoneMatch='*') stays the real guard.
         if self._exists(key):
             raise AlreadyExists(f"{self.uri(key)}: the key already exists")
-        part_size = max(self.part_size_bytes, -(-size // MAX_PARTS))
-        parts = [
-            (n + 1, off, min(part_size, size - off))
-            for n, off in enumerate(range(0, size, part_size))
-        ]
         upload_id = self._call(
             lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"],
             key,
         )
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                with ThreadPoolExecutor(
-                    self.concurrency, thread_name_prefix="haul-s3-part"
-                ) as pool:
-                    etags = list(
-                        pool.map(lambda p: self._upload_part(key, upload_id, fd, *p), parts)
-                    )
-            finally:
-                os.close(fd)
-            done = {
-                "Parts": [
-                    {"PartNumber": n, "ETag": e} for (n, _, _), e in zip(parts, etags, strict=True)
-                ]
-            }
+
+        def send(part: Part, data: bytes) -> str:
+            digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # noqa: S324
+            resp = self._call(
+                lambda: self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
+                    Body=data, ContentLength=part.length, ContentMD5=digest,
+                ),
+                key,
+                "create",
+            )  # fmt: skip
+            return str(resp["ETag"])
+
+        def commit(sent: list[tuple[Part, str]]) -> None:
+            done = {"Parts": [{"PartNumber": p.number, "ETag": etag} for p, etag in sent]}
             self._call(
                 lambda: self._client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload=done,
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=done,
                     IfNoneMatch="*",
                 ),
                 key,
                 "create",
-            )
-        except BaseException:
-            self._abort(key, upload_id)
-            raise
+            )  # fmt: skip
+
+        parts = plan_parts(size, self.part_size_bytes, MAX_PARTS)
+        upload_parts(
+            path, parts, send=send, commit=commit, abort=lambda _: self._abort(key, upload_id),
+            concurrency=self.concurrency, what=self.uri(key), thread_name="haul-s3-part",
+        )  # fmt: skip
         log.debug(
             "s3 multipart upload of %s done in %d parts (md5 %s)", self.uri(key), len(parts), md5
         )
-
-    def _upload_part(
-        self, key: str, upload_id: str, fd: int, number: int, offset: int, length: int
-    ) -> str:
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise IntegrityError(f"{self.uri(key)}: the file changed size while uploading")
-        digest = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")  # noqa: S324
-        resp = self._call(
-            lambda: self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=data, ContentLength=length, ContentMD5=digest,
-            ),
-            key,
-            "create",
-        )  # fmt: skip
-        return str(resp["ETag"])
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -589,12 +572,9 @@ def from_config(
         endpoint_url=cfg.endpoint_url,
         region=cfg.region,
         profile=cfg.profile,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=max(MIN_PART_BYTES, tuning.part_size_bytes),
-        concurrency=tuning.concurrency,
+        tuning=replace(tuning, part_size_bytes=max(MIN_PART_BYTES, tuning.part_size_bytes)),
         # The fast path connects directly; where boto3 would go through a proxy, it does not.
         fast_reads=cfg.fast_reads and not tuning.proxy_in_env,
-        timeout_s=tuning.timeout_s,
     )
 
 
@@ -616,6 +596,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="s3",
     sdk_module="boto3",
+    loggers=("boto3", "botocore"),
     adhoc=_adhoc,
 )
 

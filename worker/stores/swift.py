@@ -27,13 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, MutableSequence, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -55,10 +53,17 @@ from worker.errors import (
     UnsupportedURL,
 )
 from worker.net.status import HTTP_STATUSES, ErrorTable, Op, Rule, header_retry_after
+from worker.stores._parted import Part, plan_parts, upload_parts
 from worker.stores._sdk import SdkStore
 from worker.stores._stream import CountedStream, range_end
 from worker.stores.base import ObjectInfo, StreamContext
-from worker.stores.plugin import StoreConfigBase, StoreSecrets, StoreTuning, StoreType
+from worker.stores.plugin import (
+    DEFAULT_TUNING,
+    StoreConfigBase,
+    StoreSecrets,
+    StoreTuning,
+    StoreType,
+)
 
 if TYPE_CHECKING:
     from worker.urls import ParsedURL
@@ -84,6 +89,7 @@ ERRORS = ErrorTable(
 def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place swiftclient/requests exceptions become haul errors (status only)."""
     import requests.exceptions as rexc
+    import urllib3.exceptions as u3exc
     from swiftclient.exceptions import ClientException
 
     if isinstance(exc, ClientException):
@@ -96,7 +102,7 @@ def _translate(exc: Exception, where: str, op: Op) -> HaulError:
             op=op,
             retry_after_s=header_retry_after(exc.http_response_headers),
         )
-    if isinstance(exc, rexc.RequestException | socket.error):
+    if isinstance(exc, rexc.RequestException | u3exc.HTTPError | socket.error):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     return StoreError(f"{where}: {type(exc).__name__}")
 
@@ -134,9 +140,11 @@ class SwiftStore(SdkStore):
     @property
     def sdk_errors(self) -> tuple[type[BaseException], ...]:
         import requests.exceptions as rexc
+        import urllib3.exceptions as u3exc
         from swiftclient.exceptions import ClientException
 
-        return (ClientException, rexc.RequestException, OSError)
+        # a body cut short reaches the reader as urllib3's ProtocolError, not wrapped by requests
+        return (ClientException, rexc.RequestException, u3exc.HTTPError, OSError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)
@@ -149,22 +157,19 @@ class SwiftStore(SdkStore):
         *,
         project: str | None = None,
         prefix: str = "",
-        multipart_threshold_bytes: int = 16 * MiB,
-        part_size_bytes: int = 8 * MiB,
-        concurrency: int = 8,
+        tuning: StoreTuning = DEFAULT_TUNING,
         page_size: int = 10_000,
-        timeout_s: float = 60.0,
     ) -> None:
         self.name = name
         self.container = container
         self.segment_container = f"{container}_segments"
         self.project = project
         self.prefix = prefix.strip("/")
-        self.multipart_threshold_bytes = multipart_threshold_bytes
-        self.part_size_bytes = part_size_bytes
-        self.concurrency = max(1, concurrency)
+        self.multipart_threshold_bytes = tuning.multipart_threshold_bytes
+        self.part_size_bytes = tuning.part_size_bytes
+        self.concurrency = max(1, tuning.concurrency)
         self.page_size = page_size
-        self.timeout_s = timeout_s
+        self.timeout_s = tuning.timeout_s
         self._auth = auth
         self._local = _Local()
         self._lock = threading.Lock()
@@ -355,23 +360,23 @@ class SwiftStore(SdkStore):
         if self._exists(key):  # saves sending a large file whose key is taken
             raise AlreadyExists(f"{self.uri(key)}: the object already exists")
         self._call(lambda: self._conn().put_container(self.segment_container), key)
-        seg_size = max(self.part_size_bytes, -(-size // MAX_SEGMENTS))
         upload = uuid.uuid4().hex  # segment names unique to this upload
-        segments = [
-            (f"{key}/{upload}/{n:08d}", off, min(seg_size, size - off))
-            for n, off in enumerate(range(0, size, seg_size))
-        ]
-        done: list[str] = []
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                with ThreadPoolExecutor(
-                    self.concurrency, thread_name_prefix="haul-swift-seg"
-                ) as pool:
-                    manifest = list(pool.map(lambda s: self._put_segment(fd, done, *s), segments))
-            finally:
-                os.close(fd)
-            body = json.dumps(manifest).encode()
+
+        def send(part: Part, data: bytes) -> dict[str, Any]:
+            name = f"{key}/{upload}/{part.number - 1:08d}"
+            md5 = hashlib.md5(data).hexdigest()  # noqa: S324
+            self._call(
+                lambda: self._conn().put_object(
+                    self.segment_container, name, data, content_length=part.length, etag=md5
+                ),
+                name,
+                "create",
+            )
+            return {"path": f"/{self.segment_container}/{name}", "etag": md5,
+                    "size_bytes": part.length}  # fmt: skip
+
+        def commit(sent: list[tuple[Part, dict[str, Any]]]) -> None:
+            body = json.dumps([entry for _, entry in sent]).encode()
             self._call(
                 lambda: self._conn().put_object(
                     self.container, key, body, query_string="multipart-manifest=put",
@@ -380,26 +385,16 @@ class SwiftStore(SdkStore):
                 key,
                 "create",
             )  # fmt: skip
-        except BaseException:
-            self._delete_segments(done)
-            raise
 
-    def _put_segment(
-        self, fd: int, done: MutableSequence[str], name: str, offset: int, length: int
-    ) -> dict[str, Any]:
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise IntegrityError(f"{self.uri(name)}: the file changed size while uploading")
-        md5 = hashlib.md5(data).hexdigest()  # noqa: S324
-        self._call(
-            lambda: self._conn().put_object(
-                self.segment_container, name, data, content_length=length, etag=md5
-            ),
-            name,
-            "create",
-        )
-        done.append(name)
-        return {"path": f"/{self.segment_container}/{name}", "etag": md5, "size_bytes": length}
+        def abort(sent: list[tuple[Part, dict[str, Any]]]) -> None:
+            prefix = f"/{self.segment_container}/"
+            self._delete_segments([entry["path"].removeprefix(prefix) for _, entry in sent])
+
+        upload_parts(
+            path, plan_parts(size, self.part_size_bytes, MAX_SEGMENTS), send=send, commit=commit,
+            abort=abort, concurrency=self.concurrency, what=self.uri(key),
+            thread_name="haul-swift-seg",
+        )  # fmt: skip
 
     def _delete_segments(self, names: Sequence[str]) -> None:
         for name in names:
@@ -489,10 +484,7 @@ def from_config(
         auth,
         project=cfg.project,
         prefix=cfg.prefix,
-        multipart_threshold_bytes=tuning.multipart_threshold_bytes,
-        part_size_bytes=tuning.part_size_bytes,
-        concurrency=tuning.concurrency,
-        timeout_s=tuning.timeout_s,
+        tuning=tuning,
     )
 
 
@@ -532,6 +524,7 @@ STORE_TYPE = StoreType(
     owns=_owns,
     extra="swift",
     sdk_module="swiftclient",
+    loggers=("swiftclient",),
     secret_env=_secret_env,
     adhoc=_adhoc,
 )

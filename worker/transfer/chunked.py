@@ -18,7 +18,6 @@ aborts the object at once: the caller starts over from a fresh stat.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -27,70 +26,13 @@ from typing import Protocol
 
 from worker.errors import Changed, HaulError, IntegrityError
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
+from worker.transfer.buffers import Buffer, BufferPool, Cancelled
 from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressMeter
 from worker.transfer.retry import backoff_s
 from worker.transfer.sink import HashWriteSink, Piece
 
 log = logging.getLogger(__name__)
-
-Buffer = mmap.mmap
-
-
-class Cancelled(Exception):
-    """Raised inside fetchers once the download failed elsewhere."""
-
-
-class BufferPool:
-    """At most ``count`` buffers of ``size`` bytes, granted in ticket order."""
-
-    def __init__(self, count: int, size: int) -> None:
-        self.count = count
-        self.size = size
-        self._free: list[Buffer] = []
-        self._made = 0
-        self._next_ticket = 0
-        self._cond = threading.Condition()
-        self.cancelled = False
-        #: the most buffers ever out at once (tests check the bound)
-        self.peak_out = 0
-        #: threads waiting for a buffer right now
-        self.waiting = 0
-        self._out = 0
-
-    def acquire(self, ticket: int) -> Buffer:
-        with self._cond:
-            while not self.cancelled and (
-                ticket != self._next_ticket or (not self._free and self._made >= self.count)
-            ):
-                self.waiting += 1
-                self._cond.wait()
-                self.waiting -= 1
-            if self.cancelled:
-                raise Cancelled
-            self._next_ticket += 1
-            if self._free:
-                buf = self._free.pop()
-            else:
-                # Allocated on first use: a 20 MiB object never touches 80 MiB of buffers.
-                # Anonymous maps are page-aligned, which O_DIRECT writes need.
-                buf = mmap.mmap(-1, self.size)
-                self._made += 1
-            self._out += 1
-            self.peak_out = max(self.peak_out, self._out)
-            self._cond.notify_all()
-            return buf
-
-    def release(self, buf: Buffer) -> None:
-        with self._cond:
-            self._free.append(buf)
-            self._out -= 1
-            self._cond.notify_all()
-
-    def cancel(self) -> None:
-        with self._cond:
-            self.cancelled = True
-            self._cond.notify_all()
 
 
 def read_exactly(

@@ -40,8 +40,8 @@ from worker.errors import (
 )
 from worker.hashing import Digests, digest_bytes
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
+from worker.transfer.buffers import BufferPool
 from worker.transfer.chunked import (
-    BufferPool,
     ChunkedDownload,
     RangeReader,
     RetryBudget,

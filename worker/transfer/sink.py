@@ -23,6 +23,7 @@ from typing import Any
 
 from worker.errors import DiskFullError
 from worker.hashing import Digests
+from worker.transfer.buffers import BufferPool
 
 
 @dataclass
@@ -192,8 +193,6 @@ _HASH_PIECE = 4 * 1024 * 1024
 
 def hash_path(path: Path, *, threaded_above: int = 16 * 1024 * 1024) -> Digests:
     """md5, sha1 and sha256 of a local file in one read, with bounded buffers."""
-    from worker.transfer.chunked import BufferPool  # chunked builds on this module
-
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

@@ -1,0 +1,218 @@
+"""``python -m bench.chaos --executions N --kills K --seed S``: haul under worker kills.
+
+N executions (large and small inputs from nginx, large and small outputs to a local store) run
+through one real worker (prefork, 2 children) on a Redis this script starts on a free port with
+AOF on. Meanwhile K SIGKILLs land at random moments (seeded), on a pool child or on the main
+process (the script then starts a new worker), and Redis is restarted twice (SHUTDOWN with its
+AOF, same port). The orchestrator sends each message once; bringing every execution to its
+outcome is haul's job. At the end it prints the figures of :mod:`bench.chaos.audit` and exits
+0 only when lost executions, partial files, duplicate datums, conflicting records and
+conflicting events are all zero. Bounded by ``--max-seconds``; it stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import nginx
+from bench.chaos.audit import Figures, audit
+from bench.chaos.cluster import Worker
+from bench.chaos.load import Corpus, Execution, MiB, Orchestrator
+from bench.chaos.watch import Watcher
+from tests.support.servers import RedisServer, redis_server
+
+
+@dataclass
+class Chaos:
+    kills_child: int = 0
+    kills_main: int = 0
+    kills_missed: int = 0  # a child kill with no child alive at that moment
+    #: kills that landed while at least one execution was between message and outcome
+    kills_busy: int = 0
+    redis_restarts: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def plan(kills: int) -> list[str]:
+    """K kills with the two Redis restarts at about a third and two thirds of the way."""
+    steps = ["kill"] * kills
+    steps.insert((2 * kills) // 3, "redis")
+    steps.insert(kills // 3, "redis")
+    return steps
+
+
+def _killer(
+    worker: Worker,
+    redis_srv: RedisServer,
+    orch: Orchestrator,
+    steps: list[str],
+    rnd: random.Random,
+    gap_s: tuple[float, float],
+    stop: threading.Event,
+    chaos: Chaos,
+) -> None:
+    started = time.monotonic()
+    total = len(orch.executions)
+    for n, step in enumerate(steps, start=1):
+        # Spread the steps over the run: step n waits for n/(len+1) of the outcomes, so every
+        # kill lands while work is left, however fast the executions go.
+        while orch.outcomes() < n * total // (len(steps) + 1):
+            if stop.wait(0.05):
+                return
+        if stop.wait(rnd.uniform(*gap_s)) or orch.finished():
+            return
+        at = f"{time.monotonic() - started:7.1f}s"
+        busy = orch.active() > 0
+        if step == "redis":
+            redis_srv.restart()
+            chaos.redis_restarts += 1
+            chaos.log.append(f"{at} redis restarted")
+            continue
+        if rnd.random() < 0.3:
+            victim = worker.kill_main_and_restart()
+            chaos.kills_main += 1
+            chaos.log.append(f"{at} SIGKILL main {victim}; new worker {worker.pid}")
+        else:
+            child = worker.kill_child(rnd.randrange(1 << 30))
+            if child is None:
+                chaos.kills_missed += 1
+                continue
+            chaos.kills_child += 1
+            chaos.log.append(f"{at} SIGKILL pool child {child}")
+        chaos.kills_busy += busy
+
+
+def _report(fig: Figures, chaos: Chaos, args: argparse.Namespace, seconds: float) -> str:
+    def many(items: list[str] | dict[str, str]) -> str:
+        values = list(items.items()) if isinstance(items, dict) else items
+        shown = "; ".join(str(v) for v in values[:5])
+        return f"{len(values)}" + (
+            f"  ({shown}{' ...' if len(values) > 5 else ''})" if values else ""
+        )
+
+    lines = [
+        f"chaos run: executions={args.executions} kills={args.kills} seed={args.seed} "
+        f"big={args.big_mib} MiB, {seconds:.0f} s",
+        f"  kills made                 {chaos.kills_child + chaos.kills_main} "
+        f"({chaos.kills_child} pool children, {chaos.kills_main} main processes; "
+        f"{chaos.kills_busy} while executions were in flight)",
+        f"  redis restarts             {chaos.redis_restarts}",
+        f"  executions done            {fig.done}/{fig.executions}",
+        f"  failed with a code         {many(fig.failed)}",
+        f"  lost executions            {many(fig.lost)}",
+        f"  partial files seen         {many(fig.partial_seen)}",
+        f"  duplicate datums           {many(fig.duplicate_datums)}",
+        f"  conflicting records        {many(fig.conflicting_records)}",
+        f"  events, id repeated w/ other data {many(fig.conflicting_events)}",
+        f"  events                     {fig.events} ({fig.events_repeated} ids published again)",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
+    rnd = random.Random(args.seed)
+    base = Path(tempfile.mkdtemp(prefix="haul-chaos-", dir=args.work_dir))
+    data_dir, store_root, www = base / "data", base / "store", base / "www"
+    store_root.mkdir(parents=True)
+    corpus = Corpus(www, args.big_mib * MiB, args.seed)
+    corpus.write_inputs()
+    outputs: dict[str, bytes] = {}
+    chaos = Chaos()
+    started = time.monotonic()
+    deadline = started + args.max_seconds
+    stop = threading.Event()
+
+    def on_outputs(ex: Execution) -> None:
+        outputs.update({sha: data for sha, (_name, data) in ex.outputs.items()})
+
+    def expected(path: Path) -> bytes | None:
+        if path.is_relative_to(store_root):
+            return outputs.get(path.parent.name)
+        return corpus.inputs.get(path.name) if path.parent.parent.name == "inputs" else None
+
+    env = {
+        "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
+        "HAUL_STORES__DEFAULT__TYPE": "local",
+        "HAUL_STORES__DEFAULT__PATH": str(store_root),
+        "HAUL_CACHE_ENABLED": "false",
+        "HAUL_CHUNK_SIZE_BYTES": str(1 * MiB),
+        "HAUL_MULTIPART_THRESHOLD_BYTES": str(2 * MiB),
+        "HAUL_LEASE_TTL_S": "3",
+        "HAUL_LEASE_RETRY_S": "1",
+        "HAUL_BROKER_VISIBILITY_TIMEOUT_S": "10",
+        "HAUL_SHUTDOWN_GRACE_S": "0",
+        "HAUL_METRICS_BIND": "",
+        "HAUL_MAX_ATTEMPTS": "3",
+    }
+    try:
+        with (
+            redis_server(base / "redis", appendonly=True) as redis_srv,
+            nginx.serve(www, "chaos") as web,
+        ):
+            worker = Worker(redis_srv.url, data_dir, env, base / "worker.log")
+            watcher = Watcher([data_dir / "executions", store_root], expected, seed=args.seed)
+            orch = Orchestrator(
+                redis_srv.url, data_dir, web.base_url, corpus, args.executions, 4, on_outputs
+            )
+            worker.start()
+            watcher.start()
+            killer = threading.Thread(
+                target=_killer,
+                args=(worker, redis_srv, orch, plan(args.kills), rnd,
+                      (args.min_gap_s, args.max_gap_s), stop, chaos),
+                daemon=True,
+            )  # fmt: skip
+            killer.start()
+            try:
+                # every execution to its outcome, and every planned kill and restart made
+                orch.run(deadline, stop)
+                while killer.is_alive() and time.monotonic() < deadline:
+                    killer.join(0.5)
+            finally:
+                stop.set()
+                killer.join(120)
+                watcher.stop()
+                worker.stop()
+            seconds = time.monotonic() - started
+            fig = audit(redis_srv.url, data_dir, store_root, corpus, orch.executions,
+                        watcher.partial)  # fmt: skip
+            if args.verbose:
+                print("\n".join(chaos.log), file=sys.stderr)
+                print(f"watcher: {watcher.samples} sweeps, {watcher.files_checked} file checks",
+                      file=sys.stderr)  # fmt: skip
+    finally:
+        if args.keep:
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return fig, chaos, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])
+    p.add_argument("--executions", type=int, default=20)
+    p.add_argument("--kills", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--big-mib", type=int, default=8, help="size of the large input and output")
+    p.add_argument("--min-gap-s", type=float, default=0.1, help="shortest pause between kills")
+    p.add_argument("--max-gap-s", type=float, default=1.0, help="longest pause between kills")
+    p.add_argument("--max-seconds", type=float, default=900.0, help="stop by itself after this")
+    p.add_argument("--work-dir", default=None, help="where the scratch folder goes")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every kill")
+    args = p.parse_args(argv)
+    fig, chaos, seconds = run(args)
+    print(_report(fig, chaos, args, seconds))
+    return 0 if fig.zero() and chaos.redis_restarts == 2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Storage faults between haul and every store's real server: byte-correct or cleanly failed.
+
+Every test runs once per store kind (S3 on moto, Azure on Azurite, GCS on fake-gcs-server,
+Swift, and the HTTP test server), with a real worker reaching its server through a
+:class:`~tests.support.faultproxy.FaultProxy`. What is checked after each transfer is what an
+execution and an orchestrator would see: the files under ``inputs/`` (complete with their final
+bytes or absent, never a ``.haul-part`` left), ``inputs.json`` checksums of the bytes on disk,
+the objects in the store (only whole outputs at their content-addressed keys), and an outcome
+event with an error code whenever the task failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e_stores.conftest import PREFIX, sums, tag
+from tests.faults.conftest import (
+    MAX_ATTEMPTS,
+    THRESHOLD_BYTES,
+    Faulty,
+    random_bytes,
+)
+from tests.integration.conftest import new_id
+from tests.support.faultproxy import ALL_RANDOM, Fault, FaultProxy
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+#: the faults a write can meet (a PUT/POST answer has no body to truncate)
+WRITE_FAULTS = (
+    Fault.RESET,
+    Fault.RESET_AFTER,
+    Fault.STATUS_500,
+    Fault.STATUS_503,
+    Fault.STATUS_503_RETRY_AFTER,
+    Fault.THROTTLE,
+    Fault.STALL,
+)
+WRITE_METHODS = ("PUT", "POST")
+#: the 10 % plan's seed per store kind
+SEEDS = {"s3": 11, "azure": 12, "gcs": 13, "swift": 14, "http": 15}
+
+
+def _prepare(faulty: Faulty, inputs: list[dict[str, Any]]) -> tuple[str, str, Any]:
+    eid = new_id("fault")
+    message = {"execution_id": eid, "project_id": faulty.project, "inputs": inputs}
+    state, summary = faulty.lake.run("haul.prepare_inputs", message, timeout=180)
+    return eid, state, summary
+
+
+def _store(faulty: Faulty, eid: str, files: Mapping[str, bytes]) -> tuple[str, Any]:
+    out = faulty.lake.outputs(eid)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    message = {"execution_id": eid, "project_id": faulty.project}
+    return faulty.lake.run("haul.store_outputs", message, timeout=180)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
+
+
+def _check_inputs(
+    faulty: Faulty, eid: str, state: str, expected: Mapping[str, set[bytes]]
+) -> dict[str, bytes]:
+    """What is on disk is whole and true; returns it. ``expected``: path below ``inputs/`` ->
+    the contents it may have (an object replaced mid-download may end with either)."""
+    lake = faulty.lake
+    on_disk = _files(lake.exec_dir(eid) / "inputs")
+    for path, data in on_disk.items():
+        assert ".haul-part" not in path, f"a part file is left: {path}"
+        assert path in expected, f"unexpected file {path}"
+        assert data in expected[path], f"{path}: {len(data)} bytes that no version of it has"
+    ready = lake.events(eid, "haul.inputs.ready")
+    failed = lake.events(eid, "haul.inputs.failed")
+    if state == "SUCCESS":
+        assert ready and not failed, (failed, lake.haul.log_tail())
+        assert set(on_disk) == set(expected)
+        doc = json.loads((lake.exec_dir(eid) / "config" / "inputs.json").read_text())
+        for name, entry in doc.items():
+            for f in entry["files"]:
+                assert f["checksums"] == sums(on_disk[f"{name}/{f['name']}"]), f
+    else:
+        assert state == "FAILURE"
+        assert failed and not ready, lake.haul.log_tail()
+        error = failed[0]["data"]["error"]
+        assert error["code"] and error["code"] != "internal_error", error
+    return on_disk
+
+
+def _check_outputs(faulty: Faulty, eid: str, state: str, files: Mapping[str, bytes]) -> None:
+    """Every object under the project's data prefix is one whole output at its own key; every
+    datum record names such an object; a failure has its event with a code."""
+    lake = faulty.lake
+    names = {faulty.output_key(data, name): data for name, data in files.items()}
+    for key in faulty.bucket.keys(f"{PREFIX}/data/{faulty.project}/"):
+        if key in names:
+            assert faulty.stored(key) == names[key], f"{key}: not the output's bytes"
+    stored = lake.events(eid, "haul.outputs.stored")
+    failed = lake.events(eid, "haul.outputs.failed")
+    for ev in lake.events(eid, "haul.output.stored"):
+        data = ev["data"]
+        assert faulty.stored(data["key"]) == names[data["key"]]
+        record = faulty.stored(f"{PREFIX}/datums/{faulty.project}/{data['datum_id']}.json")
+        assert record is not None and json.loads(record)["sha256"] == data["sha256"]
+    if state == "SUCCESS":
+        assert stored and not failed, (failed, lake.haul.log_tail())
+        for key, data in names.items():
+            assert faulty.stored(key) == data
+    else:
+        assert state == "FAILURE"
+        assert failed and not stored, lake.haul.log_tail()
+        error = failed[0]["data"]["error"]
+        assert error["code"] and error["code"] != "internal_error", error
+
+
+def _applied(proxy: FaultProxy, key: str, fault: Fault) -> list[Any]:
+    return [r for r in proxy.records(key) if r.fault is fault]
+
+
+def test_each_fault_once_on_a_ranged_read_still_gives_the_true_bytes(faulty: Faulty) -> None:
+    """One execution, one input per fault kind; each object's first ranged GET meets its fault
+    (the HTTP kind: the small-object lane's probe and the first ordinary read). Every file
+    ends with its true bytes (the replaced one: with the new version's, whole), the fault was
+    really applied, and a stalled client gave up at its read timeout instead of waiting."""
+    folder = f"once-{tag()}"
+    expected: dict[str, set[bytes]] = {}
+    inputs = []
+    times = 2 if faulty.kind == "http" else 1
+    for n, fault in enumerate(ALL_RANDOM):
+        key = f"{folder}/{fault.value}.bin"
+        data = random_bytes(200 * KiB + n)
+        faulty.bucket.put(key, data)
+        want = data
+        if fault is Fault.REPLACE:
+            want = random_bytes(210 * KiB)
+            faulty.proxy.replace_on_read(key, lambda k=key, d=want: faulty.bucket.put(k, d))
+        faulty.proxy.force(fault, key=key, methods=["GET"], ranged=True, times=times)
+        expected[f"{fault.value}/{fault.value}.bin"] = {want}
+        inputs.append({"name": fault.value, "urls": [faulty.bucket.url(key)]})
+
+    eid, state, summary = _prepare(faulty, inputs)
+    assert state == "SUCCESS", (summary, faulty.lake.haul.log_tail())
+    _check_inputs(faulty, eid, state, expected)
+    for fault in ALL_RANDOM:
+        key = f"{folder}/{fault.value}.bin"
+        hits = _applied(faulty.proxy, key, fault)
+        assert hits, f"{fault}: never applied to {key}: {faulty.proxy.records(key)}"
+        if fault is Fault.STALL:
+            assert all(r.client_gave_up for r in hits), "the client waited out the stall"
+
+
+@pytest.mark.parametrize("faulty", ["s3", "azure", "gcs", "swift"], indirect=True)
+def test_each_fault_once_on_a_write_still_stores_each_output_once(faulty: Faulty) -> None:
+    """One store_outputs, one output per fault its first write request meets (a reset after
+    the server committed it too: the retry finds its own content and keeps it). Every output
+    is stored whole at its key with its datum record, and the fault was really applied."""
+    eid = new_id("fault")
+    files = {f"{f.value}.bin": random_bytes(3 * KiB + n) for n, f in enumerate(WRITE_FAULTS)}
+    for fault in WRITE_FAULTS:
+        key = faulty.output_key(files[f"{fault.value}.bin"], f"{fault.value}.bin")
+        faulty.proxy.force(fault, key=key, methods=WRITE_METHODS, times=1)
+
+    state, summary = _store(faulty, eid, files)
+    assert state == "SUCCESS", (summary, faulty.lake.haul.log_tail())
+    _check_outputs(faulty, eid, state, files)
+    assert len(summary["datums"]) == len(files)
+    for fault in WRITE_FAULTS:
+        key = faulty.output_key(files[f"{fault.value}.bin"], f"{fault.value}.bin")
+        hits = _applied(faulty.proxy, key, fault)
+        assert hits, f"{fault}: never applied to {key}: {faulty.proxy.records(key)}"
+        if fault is Fault.STALL:
+            assert all(r.client_gave_up for r in hits), "the client waited out the stall"
+
+
+def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(faulty: Faulty) -> None:
+    """With 10 % of all requests faulted (seeded: the same seed gives the same request the
+    same fault), inputs of several sizes, a wildcard and an object replaced between ranged
+    reads, then outputs: every file and object ends whole and true or the task failed with
+    an event and a code; never a partial or mixed file at a final name. Each store kind has
+    its own seed, so five different fault sequences run."""
+    seed = SEEDS[faulty.kind]
+    folder = f"ten-{seed}-{tag()}"
+    expected: dict[str, set[bytes]] = {}
+    inputs = []
+    for n, size in enumerate((3 * KiB, 40 * KiB, 150 * KiB, 200 * KiB, 260 * KiB)):
+        key = f"{folder}/f{n}.bin"
+        data = random_bytes(size)
+        faulty.bucket.put(key, data)
+        expected[f"f{n}/f{n}.bin"] = {data}
+        inputs.append({"name": f"f{n}", "urls": [faulty.bucket.url(key)]})
+    moving_key = f"{folder}/moving.bin"
+    old, new = random_bytes(300 * KiB), random_bytes(310 * KiB)
+    faulty.bucket.put(moving_key, old)
+    faulty.proxy.replace_on_read(moving_key, lambda: faulty.bucket.put(moving_key, new))
+    expected["moving/moving.bin"] = {old, new}
+    inputs.append({"name": "moving", "urls": [faulty.bucket.url(moving_key)]})
+    if faulty.kind != "http":  # an http server has no listing to expand a wildcard with
+        for n in range(3):
+            data = f"{n},{seed}\n".encode() * 50
+            faulty.bucket.put(f"{folder}/t/{n}.csv", data)
+            expected[f"tables/{n}.csv"] = {data}
+        inputs.append({"name": "tables", "urls": [faulty.bucket.url(f"{folder}/t/*.csv")]})
+
+    faulty.proxy.plan(rate=0.1, seed=seed)
+    eid, state, _ = _prepare(faulty, inputs)
+    _check_inputs(faulty, eid, state, expected)
+
+    if faulty.kind != "http":
+        files = {f"out{n}.bin": random_bytes(size) for n, size in enumerate((2 * KiB, 90 * KiB))}
+        files["big.bin"] = random_bytes(200 * KiB)  # parts where the store uses them
+        out_state, _ = _store(faulty, eid, files)
+        _check_outputs(faulty, eid, out_state, files)
+    faults = faulty.proxy.faults()
+    assert sum(faults.values()) > 0, "the plan faulted nothing: the test proved nothing"
+
+
+#: why the count is not exact yet on the cloud stores
+NESTED = (
+    "retries nest today (each cloud store's stores/_retry.py inside the engine's "
+    "transfer/retry.py: max_attempts**2 requests): waits for the single retry owner of "
+    "issue 11 (branches struct and stores)"
+)
+
+
+def test_a_store_answering_503_forever_costs_exactly_max_attempts_requests(
+    faulty: Faulty, request: pytest.FixtureRequest
+) -> None:
+    """Every request for the object answered 503: the input fails with ``transient_error``
+    after exactly ``max_attempts`` requests for it (HTTP: plus the small-object lane's one
+    probe, which hands anything unusual to the ordinary way without retrying), and leaves no
+    file."""
+    if faulty.kind != "http":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NESTED))
+    key = f"always-{tag()}/data.bin"
+    faulty.bucket.put(key, random_bytes(100 * KiB))
+    faulty.proxy.force(Fault.STATUS_503, key=key)
+
+    eid, state, _ = _prepare(faulty, [{"name": "x", "urls": [faulty.bucket.url(key)]}])
+    assert state == "FAILURE"
+    [failed] = faulty.lake.events(eid, "haul.inputs.failed")
+    assert failed["data"]["error"]["code"] == "transient_error", failed
+    assert not _files(faulty.lake.exec_dir(eid) / "inputs")
+    requests = faulty.proxy.records(key)
+    lane_probe = f"bytes=0-{THRESHOLD_BYTES - 1}"
+    if faulty.kind == "http":
+        assert [r.range for r in requests[:1]] == [lane_probe], requests
+        requests = requests[1:]
+    assert len(requests) == MAX_ATTEMPTS, [(r.method, r.range) for r in requests]
+
+
+@pytest.mark.parametrize("faulty", ["http"], indirect=True)
+def test_the_same_seed_gives_the_same_faults(faulty: Faulty) -> None:
+    """Two runs of one input under one seed meet the same faults on the same requests (one
+    store is enough: the draw does not depend on the backend)."""
+    seen = []
+    for _ in range(2):
+        key = "repro/data.bin"
+        faulty.bucket.put(key, hashlib.sha256(b"repro").digest() * 8000)
+        faulty.proxy.reset()
+        faulty.proxy.plan(rate=0.3, seed=5, kinds=[f for f in ALL_RANDOM if f is not Fault.STALL])
+        _prepare(faulty, [{"name": "x", "urls": [faulty.bucket.url(key)]}])
+        # a multiset: parallel ranges may arrive in either order
+        seen.append(Counter((r.method, r.range, r.fault) for r in faulty.proxy.records(key)))
+    assert seen[0] == seen[1]
+    assert any(f is not None for _, _, f in seen[0])

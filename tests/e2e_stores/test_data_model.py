@@ -11,7 +11,6 @@ refusals, big versions) run on the local store and S3 in ``tests/integration/tes
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,26 +189,3 @@ def test_alias_and_dataset_versions_on_every_store(data_lake: Lake) -> None:
     assert state == "SUCCESS", ready
     assert ready["files"] == 3
     assert (lake.exec_dir(e) / "inputs" / "d" / "data" / "b.txt").read_bytes() == b"b1" * 50
-
-
-def test_live_outputs_on_a_cloud_store(data_lake: Lake) -> None:
-    """A read-only file is stored in the bucket while the watch runs; store_outputs then stores
-    the rest, recognises the live one (deduplicated, same datum) and ends the watch."""
-    lake = data_lake
-    if lake.buckets.get("lake") is None or lake.bucket.kind != "s3":
-        pytest.skip("live outputs run deep on the local store (tests/integration) and on S3")
-    eid = new_id()
-    out = lake.outputs(eid)
-    lake.haul.send("haul.watch_outputs", {"execution_id": eid, "project_id": PROJECT})
-    (out / "ckpt.bin").write_bytes(b"checkpoint")
-    (out / "ckpt.bin").chmod(0o444)
-    deadline = time.monotonic() + 30
-    while not _stored(lake, eid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    live = _stored(lake, eid)["ckpt.bin"]
-    assert lake.bucket.get(live["key"]) == b"checkpoint"
-    (out / "final.txt").write_bytes(b"final")
-    summary = _store(lake, eid)
-    by_path = {d["path"]: d for d in summary["datums"]}
-    assert by_path["ckpt.bin"]["datum_id"] == live["datum_id"]
-    assert by_path["ckpt.bin"]["deduplicated"] is True and summary["files"] == 2

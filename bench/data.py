@@ -94,6 +94,13 @@ def ensure_sparse(root: Path) -> Path:
     return path
 
 
+def ensure_small(root: Path) -> Path:
+    """Only the small files (the round-trip bench needs no 1 GiB file); returns their folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    _small(root)
+    return root / SMALL_DIR
+
+
 def ensure(root: Path) -> Dataset:
     root.mkdir(parents=True, exist_ok=True)
     digest = _big(root)

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_process_shutdown, worker_ready
 
+from tasks import observe
 from tasks.config import celery_config
 from tasks.runner import ProcessRuntime, run_task
 from worker.logs import configure_logging
@@ -62,7 +63,8 @@ def _connect_signals(app: Celery, settings: Settings, runtime: ProcessRuntime) -
     def _close_runtime(**_: Any) -> None:
         runtime.close()
 
-    handlers = (_setup_logging, _sigterm_requeues, _close_runtime)
+    # Metrics, health and the task context on log lines: tasks/observe.py.
+    handlers = (_setup_logging, _sigterm_requeues, _close_runtime, observe.connect(app, settings))
     app.haul_signal_handlers = handlers
     setup_logging.connect(_setup_logging, weak=True)
     worker_ready.connect(_sigterm_requeues, weak=True)

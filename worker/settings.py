@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -84,8 +85,11 @@ class Settings(_Strict):
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     chunk_size_bytes: Annotated[int, Field(ge=64 * 1024, le=1024 * MiB)] = 8 * MiB
     multipart_threshold_bytes: Annotated[int, Field(ge=0)] = 16 * MiB
-    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 16
+    # 64: chosen by bench.rtt at 20 ms RTT (docs/design.md, "Small files at a round-trip time").
+    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 64
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    #: no retry of one call waits past this long after its first attempt (worker/retry.py)
+    retry_budget_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     http_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     max_redirects: Annotated[int, Field(ge=0, le=30)] = 10
     cache_enabled: bool = True
@@ -136,6 +140,15 @@ class Settings(_Strict):
     @property
     def proxy_in_env(self) -> bool:
         return self._proxy_in_env
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_metrics_bind(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"{value!r} is not host:port (or empty to turn it off)")
+        return value
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

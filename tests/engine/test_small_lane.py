@@ -215,6 +215,7 @@ def test_stop_interrupts_what_has_not_finished(
 def test_cached_items_are_validated_instead_of_fetched(
     server: TestHTTPServer, http: HttpSource, tmp_path: Path
 ) -> None:
+    """A cached item costs one conditional lane request, answered 304 with no body."""
     files = put_many(server, 10)
     cache = Cache(tmp_path / "cache", max_bytes=10**7)
     first = download_many(
@@ -226,7 +227,10 @@ def test_cached_items_are_validated_instead_of_fetched(
         items_for(http, server, list(files), tmp_path / "b"), SMALL_CFG, cache=cache
     )
     assert all(r.downloaded is not None and r.downloaded.cached for r in again)
-    assert {r.range for r in server.requests} == {"bytes=0-0"}  # validation only
+    assert len(server.requests) == len(files)  # validation only: one request each
+    assert {r.range for r in server.requests} == {LANE_RANGE}
+    assert all(r.if_none_match and r.status == 304 for r in server.requests)
+    assert server.bytes_sent == 0
     for path, data in files.items():
         assert (tmp_path / "b" / path.rsplit("/", 1)[1]).read_bytes() == data
 

@@ -226,23 +226,13 @@ def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(faul
     assert sum(faults.values()) > 0, "the plan faulted nothing: the test proved nothing"
 
 
-#: why the count is not exact yet on the cloud stores
-NESTED = (
-    "retries nest today (each cloud store's stores/_retry.py inside the engine's "
-    "transfer/retry.py: max_attempts**2 requests): waits for the single retry owner of "
-    "issue 11 (branches struct and stores)"
-)
-
-
 def test_a_store_answering_503_forever_costs_exactly_max_attempts_requests(
-    faulty: Faulty, request: pytest.FixtureRequest
+    faulty: Faulty,
 ) -> None:
     """Every request for the object answered 503: the input fails with ``transient_error``
     after exactly ``max_attempts`` requests for it (HTTP: plus the small-object lane's one
     probe, which hands anything unusual to the ordinary way without retrying), and leaves no
     file."""
-    if faulty.kind != "http":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NESTED))
     key = f"always-{tag()}/data.bin"
     faulty.bucket.put(key, random_bytes(100 * KiB))
     faulty.proxy.force(Fault.STATUS_503, key=key)

@@ -1,4 +1,5 @@
-"""The small subcommands: ``worker``, ``hash``, ``fetch``, ``reindex``, ``config``, ``demo``.
+"""The small subcommands: ``worker``, ``hash``, ``fetch``, ``reindex``, ``config``, ``demo``,
+``web``.
 
 Each is a ``register_*`` function (its parser) and a ``run_*`` function. The work itself is
 imported inside ``run_*`` (Celery, the transfer engine, the demo), so building the parser for
@@ -136,13 +137,22 @@ def register_fetch(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run_fetch)
     p.add_argument("urls", nargs="+", metavar="URL")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to download into")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are drawn only when stderr is a terminal anyway)",
+    )
 
 
 def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.fetch import run_fetch as fetch
+    from worker.cli.progress import Bars, wanted
 
-    code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)
-    return code
+    if not wanted(sys.stderr, args.quiet):
+        code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)
+        return code
+    with Bars(sys.stderr) as bars:
+        return int(fetch(list(args.urls), Path(args.to), settings, sys.stdout, bars))
 
 
 # ============================================================================ haul reindex
@@ -258,3 +268,25 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     # The entry point hands its environment down: the demo's worker inherits it.
     code: int = demo_main(settings, os.environ)
     return code
+
+
+# ============================================================================ haul web
+
+
+def register_web(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "web",
+        help="run the dashboard: executions, change warnings, datums, URL history",
+        description="Serve the dashboard (contract section 10) on web_bind, fed by the events "
+        "stream through the consumer group web_consumer_group into web_database_url.",
+        epilog="examples:\n  haul web\n  HAUL_WEB_TOKEN=... haul web --bind 0.0.0.0:8750\n",
+        formatter_class=Formatter,
+    )
+    p.set_defaults(func=run_web)
+    p.add_argument("--bind", metavar="HOST:PORT", help="default: web_bind from the settings")
+
+
+def run_web(args: argparse.Namespace, settings: Settings) -> int:
+    from dashboard.cli import run_web as serve
+
+    return serve(settings, ["--bind", args.bind] if args.bind else [])

@@ -205,6 +205,15 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
         proc.wait()
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _ping(url: str) -> bool:
     from redis import Redis
     from redis.exceptions import RedisError
@@ -374,6 +383,8 @@ class Demo:
             "HAUL_DATA_DIR": str(self.data_dir),
             "HAUL_REDIS_URL": self.redis_url,
             "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
+            # Any free port: the demo must not collide with a worker already on 9808.
+            "HAUL_METRICS_BIND": "127.0.0.1:0",
         }
         s.say(f"Starting: celery -A tasks worker -Q {queues} --concurrency 1")
         s.say(f"    HAUL_DATA_DIR={self.data_dir}")
@@ -545,6 +556,55 @@ class Demo:
             )
         )
 
+    def show_dashboard(self, executions: list[str]) -> None:
+        """Start ``haul web`` on the demo's Redis and data, wait until it shows the demo's
+        executions, and point at it; with a terminal, keep it up until Enter."""
+        import importlib.util
+
+        import httpx
+
+        s = self.screen
+        s.title("The dashboard (haul web)")
+        if importlib.util.find_spec("fastapi") is None:
+            s.para("haul web is not installed here (pip install 'haul-worker[web]'); skipped.")
+            return
+        host, _, port_text = self.settings.web_bind.rpartition(":")
+        port = int(port_text) if host in {"127.0.0.1", "localhost"} and _free(int(port_text)) else 0
+        port = port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **self.environ,
+            "HAUL_DATA_DIR": str(self.data_dir),
+            "HAUL_REDIS_URL": self.redis_url,
+        }
+        env.pop("HAUL_WEB_DATABASE_URL", None)
+        log_path = self.logs / f"web-{self.stamp}.log"
+        log = self.stack.enter_context(log_path.open("wb"))
+        cmd = [sys.executable, "-m", "worker.cli", "web", "--bind", f"127.0.0.1:{port}"]
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.stack.callback(self._stop, proc, "the dashboard")
+
+        def shows_all() -> bool:
+            return all(
+                httpx.get(f"{url}/api/executions/{e}", timeout=2).status_code == 200
+                for e in executions
+            )
+
+        try:
+            wait_until(shows_all, WORKER_READY_S, proc, "the dashboard")
+        except DemoError as exc:
+            raise DemoError(f"{exc}; its log ({log_path}):\n" + tail(log_path)) from None
+        s.say(f"The dashboard (pid {proc.pid}) shows the demo's executions at {url}/")
+        s.say(f"    {url}/executions/{executions[-1]}  the change warning, hashes before and after")
+        s.say(f"    {url}/executions  every execution, with a warning badge on the changed one")
+        s.say(f"Its log: {log_path}; its database: {self.data_dir / 'web.sqlite3'}")
+        if sys.stdin.isatty():
+            with contextlib.suppress(EOFError):
+                input("Press Enter to stop the demo (the dashboard, the worker and Redis) ... ")
+
     def _stop(self, proc: subprocess.Popen[bytes], what: str) -> None:
         stop_process(proc)
         self.stopped.append(f"{what} (pid {proc.pid})")
@@ -588,6 +648,7 @@ class Demo:
         self.store_output(app, exec2)
 
         self.show_events(events_after, {exec1, exec2})
+        self.show_dashboard([exec1, exec2])
 
 
 def _safe_url(url: str) -> str:
@@ -629,5 +690,5 @@ def main(settings: Settings, environ: Mapping[str, str], out: TextIO | None = No
         screen.say(f"Stopped {', '.join(demo.stopped) or 'nothing'}.")
         screen.say(f"The demo's files stay in {demo.data_dir} (delete it to start afresh).")
     if code == 0:
-        screen.say("\nDone. Next: `haul --help`, `haul worker`, `haul submit --help`.")
+        screen.say("\nDone. Next: `haul --help`, `haul worker`, `haul submit --help`, `haul web`.")
     return code

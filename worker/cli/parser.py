@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[Callable[[Subparsers[argparse.ArgumentParser]], None], ...] =
     commands.register_reindex,
     commands.register_config,
     commands.register_demo,
+    commands.register_web,
 )
 
 _EPILOG = """\
@@ -33,6 +34,7 @@ examples:
       --input dataset=https://example.com/train-labels.gz --wait
   haul events --follow                        watch what the workers do
   haul hash data/*.gz                         md5, sha1 and sha256, in haul.log's shape
+  haul web                                    the dashboard on http://127.0.0.1:8750/
 
 Settings come from the TOML file in $HAUL_CONFIG (or --config) and HAUL_* environment
 variables; `haul config` shows what is in effect. Exit codes: 0 ok, 1 failed,

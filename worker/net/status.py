@@ -74,6 +74,9 @@ HTTP_STATUSES: Mapping[int, Rule] = MappingProxyType(
         425: _BUSY,
         429: Rule(TransientError, "throttled"),
         500: _BUSY,
+        # Not worth another attempt: an old S3-compatible server without conditional writes
+        # answers every If-None-Match PUT so.
+        501: Rule(StoreError, "the server does not implement this request"),
         502: _BUSY,
         503: Rule(TransientError, "service unavailable"),
         504: _BUSY,

@@ -11,9 +11,11 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from worker.constants import (
     EV_ALIAS_MOVED,
@@ -38,6 +40,7 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.observability import metrics
 from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
 from worker.pipeline.sidecar import Metadata, read_sidecar
@@ -45,8 +48,11 @@ from worker.records.aliases import AliasIndex
 from worker.records.datasets import DatasetIndex, Member
 from worker.records.datums import content_key, datum_id
 from worker.records.live import FileSignature, LiveFiles
+from worker.retry import store_type_of
 from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
+
+T = TypeVar("T")
 
 
 class OutputsFailedError(HaulError):
@@ -137,7 +143,7 @@ class OutputsJob:
 
     def store_watched(self, store: Store, c: Candidate, live: LiveFiles) -> dict[str, Any] | None:
         """A file of a watched execution: the very file the watch stored is not sent again."""
-        with live.file_lock(c.rel):
+        with live.file_lock(c.rel, unless_watch_died=True):
             record = live.get(c.rel)
             if record is not None and record.file == FileSignature.of(os.lstat(c.path)):
                 return self.reuse(store, c, record.datum_id)
@@ -155,7 +161,9 @@ class OutputsJob:
         )
         if updated != datum:
             updated = self.rt.datums.update(updated)
-            self.rt.datums.write_store_record(store, updated)
+            self.in_store(
+                store, lambda: self.rt.datums.write_store_record(store, updated), updated.datum_id
+            )
         return self.announce(store, updated, meta, deduplicated=True)
 
     def store_one(self, store: Store, c: Candidate) -> dict[str, Any] | None:
@@ -196,8 +204,15 @@ class OutputsJob:
             metadata=meta.extra,
         )
         datum = index.add(datum)
-        index.write_store_record(store, datum)
+        self.in_store(store, lambda: index.write_store_record(store, datum), datum.datum_id)
+        metrics.transferred("out", self.store_name, d.size)
         return self.announce(store, datum, meta, deduplicated)
+
+    def in_store(self, store: Store, write: Callable[[], T], what: str) -> T:
+        """Record writes to the store, retried by the engine's policy (the retry owner)."""
+        return self.rt.transfer.policy.call(
+            write, store_type=store_type_of(store), what=f"record {what}"
+        )
 
     def announce(
         self, store: Store, datum: Datum, meta: Metadata, deduplicated: bool
@@ -258,7 +273,7 @@ class OutputsJob:
 
     def move_alias(self, store: Store, datum: Datum, alias: str) -> None:
         move = self.aliases.move(datum, alias)
-        self.aliases.write_store_record(store, move)
+        self.in_store(store, lambda: self.aliases.write_store_record(store, move), alias)
         self.rt.events.publish(
             EV_ALIAS_MOVED,
             self.msg.execution_id,
@@ -278,7 +293,11 @@ class OutputsJob:
         """Seal every version this execution named; one ``haul.dataset.version.created`` each."""
         sealed: list[str] = []
         for ref in self.datasets.claimed(self.msg.project_id, self.msg.execution_id):
-            version = self.datasets.seal(store, self.msg.project_id, self.msg.execution_id, ref)
+            version = self.in_store(
+                store,
+                partial(self.datasets.seal, store, self.msg.project_id, self.msg.execution_id, ref),
+                ref.uri,
+            )
             self.rt.events.publish(
                 EV_DATASET_VERSION_CREATED,
                 self.msg.execution_id,

@@ -19,6 +19,7 @@ from worker.paths import check_relative, clean_relative
 from worker.pipeline.runtime import Runtime
 from worker.records.aliases import AliasIndex, is_datum_id
 from worker.records.datasets import DatasetIndex, VersionRef
+from worker.retry import store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource, Store
 from worker.stores.resolver import expand_wildcard
 from worker.urls import (
@@ -79,7 +80,11 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str, project_id: str) -> lis
         return [_datum(runtime, spec, url, project_id)]
     source, key = runtime.sources.for_url(url)
     if url.has_wildcard:
-        found = expand_wildcard(source, key, raw)
+        found = runtime.transfer.policy.call(
+            lambda: expand_wildcard(source, key, raw),
+            store_type=store_type_of(source),
+            what=f"listing {shown}",
+        )
         base = suffix_base(key)
         return [
             PlannedFile(

@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from worker.constants import (
@@ -70,19 +69,17 @@ class InputsFailedError(HaulError):
 
 class _Job:
     def __init__(
-        self, runtime: Runtime, msg: PrepareInputs, progress: Callable[[Progress], None] | None
+        self, runtime: Runtime, msg: PrepareInputs, lease_lost: threading.Event | None = None
     ) -> None:
         self.rt = runtime
         self.msg = msg
-        self.progress = progress
         self.exec_dir = runtime.execution_dir(msg.execution_id)
         self.inputs_dir = self.exec_dir / INPUTS_DIR
         self.haul_log = HaulLog(self.exec_dir / HAUL_LOG)
         self.mount = runtime.settings.inputs_mount.rstrip("/")
         self._checked: set[Path] = set()
-        #: set when another worker took the execution over (prepare_inputs sets it)
-        self.lease_lost: threading.Event | None = None
-        self.finished = FinishedFiles(runtime.redis, msg.execution_id)
+        # Once another worker took the execution over, no more finished-file records.
+        self.finished = FinishedFiles(runtime.redis, msg.execution_id, lease_lost)
 
     # ------------------------------------------------------------------ layout
     def lay_out(self) -> None:
@@ -180,7 +177,7 @@ def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> Pendi
     through a symlinked execution folder (that would write outside it), and neither may hide
     the failure itself: a full disk is why many jobs fail.
     """
-    job = _Job(runtime, msg, None)
+    job = _Job(runtime, msg)
     cause = exc.cause if isinstance(exc, InputsFailedError) else exc
     where = exc.where if isinstance(exc, InputsFailedError) else f"{job.mount}/"
     if not (job.exec_dir.is_symlink() or job.inputs_dir.is_symlink()):
@@ -201,16 +198,11 @@ def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> Pendi
 
 
 def prepare_inputs(
-    runtime: Runtime,
-    msg: PrepareInputs,
-    lease_lost: threading.Event | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    runtime: Runtime, msg: PrepareInputs, lease_lost: threading.Event | None = None
 ) -> Outcome:
     """``lease_lost`` is set when another worker took the execution over: stop, quietly."""
     started = time.monotonic()
-    job = _Job(runtime, msg, progress)
-    job.lease_lost = lease_lost
-    job.finished.stopped = lease_lost
+    job = _Job(runtime, msg, lease_lost)
     job.lay_out()
 
     # Plan every input first: a bad URL fails the task before any byte moves.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 from worker.constants import EV_DATUM_PURGED
@@ -11,6 +12,7 @@ from worker.events import now_iso
 from worker.models import DatumPurged, Purge
 from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
+from worker.retry import store_type_of
 
 
 def purge(runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = None) -> Outcome:
@@ -31,9 +33,14 @@ def purge(runtime: Runtime, msg: Purge, lease_lost: threading.Event | None = Non
         with runtime.datums.content_lock(datum.store, datum.key):
             updated, live = runtime.datums.mark_purged(datum, now_iso())
             content_removed = live == 0
+            retry = runtime.transfer.policy.call
+            kind = store_type_of(store)
             if content_removed:
-                store.delete(datum.key)
-            runtime.datums.write_store_record(store, updated)
+                retry(
+                    partial(store.delete, datum.key), store_type=kind, what=f"deleting {datum.key}"
+                )
+            record = partial(runtime.datums.write_store_record, store, updated)
+            retry(record, store_type=kind, what=f"datum record {datum_id}")
         runtime.events.publish(
             EV_DATUM_PURGED,
             datum.execution_id,  # the execution that produced the datum

@@ -8,6 +8,7 @@ from pathlib import Path
 from redis import Redis
 
 from worker.events import EventPublisher
+from worker.observability import metrics
 from worker.paths import safe_join
 from worker.records.change_memory import ChangeMemory
 from worker.records.datums import DatumIndex
@@ -31,6 +32,8 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis[bytes] | None = None) -> Runtime:
         client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
+        metrics.register_stores({name: cfg.type for name, cfg in settings.all_stores().items()})
+        metrics.count_retries()
         return cls(
             settings=settings,
             redis=client,

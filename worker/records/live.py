@@ -5,7 +5,11 @@
 * ``haul:watch:active:<execution>``: set while a watch may run; only then does
   ``store_outputs`` take the per-file lock below (one round trip less per file otherwise).
 * ``haul:watch:file:<execution>:<digest of path>``: a short lock per file, so the watch and
-  ``store_outputs`` never store one file at the same moment (content is sent once).
+  ``store_outputs`` never store one file at the same moment (content is sent once). A watch
+  killed while holding one leaves it behind until it expires; ``store_outputs`` does not wait
+  for it once the watch's own lease (``haul:lease:haul.watch_outputs:<execution>``) is gone:
+  storing is idempotent (same datum id, conditional create), the lock only saves a second
+  upload.
 * ``haul:watch:stored:<execution>``: path -> the live record of each file the watch stored:
   its datum id and the inode, size and mtime it had, so ``store_outputs`` recognises the very
   same file without reading it again.
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,18 +30,23 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from redis import Redis
+from redis.exceptions import LockError
 
 from worker.constants import (
+    KEY_LEASE,
     KEY_WATCH_ACTIVE,
     KEY_WATCH_FILE_LOCK,
     KEY_WATCH_ROUND,
     KEY_WATCH_STARTED,
     KEY_WATCH_STOP,
     KEY_WATCH_STORED,
+    TASK_WATCH_OUTPUTS,
 )
 
 _TTL_S = 30 * 24 * 3600
-_LOCK_S = 600.0
+#: a file lock left by a dead holder expires after this long
+_LOCK_S = 60.0
+_POLL_S = 0.1
 
 # KEYS[1]: the round key. ARGV[1]: this round's id; ARGV[2]: the id of the round that sent it
 # ("" for an orchestrator's message). Returns 1 when this round may run.
@@ -122,17 +132,30 @@ class LiveFiles:
         raw = pipe.execute()[-1]
         return float(raw)
 
+    def watch_alive(self) -> bool:
+        """A watch round holds its lease (a heartbeat) right now."""
+        return bool(self.client.exists(f"{KEY_LEASE}:{TASK_WATCH_OUTPUTS}:{self.execution_id}"))
+
     # ------------------------------------------------------------------ both
     @contextmanager
-    def file_lock(self, rel: str) -> Iterator[None]:
+    def file_lock(self, rel: str, *, unless_watch_died: bool = False) -> Iterator[None]:
+        """Hold the file's lock; with ``unless_watch_died``, go on without it once no watch
+        holds its lease (the lock is then a dead watch's leftover)."""
         digest = hashlib.sha256(rel.encode()).hexdigest()
         lock = self.client.lock(
-            f"{KEY_WATCH_FILE_LOCK}:{self.execution_id}:{digest}",
-            timeout=_LOCK_S,
-            blocking_timeout=_LOCK_S,
+            f"{KEY_WATCH_FILE_LOCK}:{self.execution_id}:{digest}", timeout=_LOCK_S
         )
-        with lock:
+        deadline = time.monotonic() + _LOCK_S
+        while not lock.acquire(blocking=False):
+            if time.monotonic() > deadline or (unless_watch_died and not self.watch_alive()):
+                yield
+                return
+            time.sleep(_POLL_S)
+        try:
             yield
+        finally:
+            with contextlib.suppress(LockError):
+                lock.release()
 
     def get(self, rel: str) -> LiveRecord | None:
         raw = self.client.hget(self._key(KEY_WATCH_STORED), rel)

@@ -108,8 +108,20 @@ class SmallObject:
     seconds: float
 
 
+@dataclass(frozen=True)
+class NotModified:
+    """The object is still the version the caller holds (an HTTP ``304``): no body came.
+
+    ``info`` describes that version as the answer did; its ``size`` is unknown (-1): the
+    caller's copy knows it.
+    """
+
+    info: ObjectInfo
+    seconds: float
+
+
 #: ``deliver(index, got)``; ``got`` None: that key has to go the ordinary way
-SmallDelivery = Callable[[int, SmallObject | None], None]
+SmallDelivery = Callable[[int, SmallObject | NotModified | None], None]
 
 
 @runtime_checkable
@@ -124,7 +136,13 @@ class SmallObjectReader(ObjectSource, Protocol):
         *,
         max_connections: int,
         stop: threading.Event | None = None,
-    ) -> None: ...
+        held: Sequence[str | None] | None = None,
+    ) -> None:
+        """``held[i]``, when given, is the version token (:attr:`ObjectInfo.version`) of a
+        copy of ``keys[i]`` the caller already has: the same request then asks for the body
+        only if the object changed, and an unchanged one is delivered as :class:`NotModified`.
+        """
+        ...
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ from worker.net.pool import FastBody, FastClient, request_target
 from worker.net.redact import redact_url
 from worker.net.status import http_status_error
 from worker.stores.base import (
+    NotModified,
     ObjectInfo,
     SmallDelivery,
     SmallObject,
@@ -205,17 +206,21 @@ class HttpSource(SourceBase):
         *,
         max_connections: int,
         stop: threading.Event | None = None,
+        held: Sequence[str | None] | None = None,
     ) -> None:
         """Fetch objects of at most ``limit`` bytes on one thread (:mod:`.lane`).
 
         ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
         that key must go the ordinary way instead (not small, not a plain answer, or any
         trouble): nothing is decided here that the ordinary path would decide differently.
+        A key with a ``held`` version (a strong ETag) is asked for with ``If-None-Match``
+        on it: a ``304`` that names that same ETag is delivered as :class:`NotModified`.
         """
         fast = self.fast
         requests: list[LaneRequest] = []
         for index, key in enumerate(keys):
-            request = lane_request(index, key) if fast is not None else None
+            version = held[index] if held is not None else None
+            request = lane_request(index, key, version) if fast is not None else None
             if request is None:
                 deliver(index, None)
             else:
@@ -233,7 +238,13 @@ class HttpSource(SourceBase):
         )
 
         def answer(got: LaneAnswer) -> None:
-            info = None if got.body is None else self._small_info(keys[got.token], got)
+            key = keys[got.token]
+            if got.body is not None and got.status == 304:
+                version = held[got.token] if held is not None else None
+                same = _unchanged_info(key, version, got.headers)
+                deliver(got.token, None if same is None else NotModified(same, got.seconds))
+                return
+            info = None if got.body is None else self._small_info(key, got)
             if info is None or got.body is None:
                 deliver(got.token, None)
             else:
@@ -338,6 +349,30 @@ class HttpSource(SourceBase):
             body.close()
             raise
         return StreamContext(body)
+
+
+def _unchanged_info(key: str, held: str | None, headers: dict[str, str]) -> ObjectInfo | None:
+    """The version a ``304`` confirms, or None when it does not confirm ours exactly.
+
+    If-None-Match is compared weakly by servers, so a 304 could also mean "a weak ETag that
+    matches yours"; only a 304 naming our strong ETag as the current one says the bytes are
+    the same (a 304 without an ETag contradicts the 200 that gave us one).
+    """
+    if held is None or headers.get("etag") != held:
+        return None
+    last_modified = headers.get("last-modified")
+    extra = {"final_url": key}
+    if last_modified:
+        extra["last_modified_http"] = last_modified
+    return ObjectInfo(
+        key=key,
+        size=-1,
+        etag=held,
+        version=held,
+        last_modified=_iso(last_modified),
+        checksum_note="none: HTTP servers state no content checksum; size checked",
+        extra=extra,
+    )
 
 
 def _check_range(

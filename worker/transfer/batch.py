@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import cast
 
 from worker.errors import HaulError, InternalError, Interrupted
+from worker.observability.context import in_current_context
 from worker.stores.base import ObjectInfo, ObjectSource, SmallObjectReader
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
@@ -104,7 +105,7 @@ def download_many(
     workers = max(1, min(cfg.files_in_flight, len(ordinary) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="haul-file") as pool:
         try:
-            futures = [pool.submit(run, i) for i in ordinary]
+            futures = [pool.submit(in_current_context(run), i) for i in ordinary]
             for source, small in lanes.items():
 
                 def finished(index: int, got: Downloaded | None, error: HaulError | None) -> None:
@@ -123,7 +124,7 @@ def download_many(
                     finished=finished,
                     stop=stop,
                 )
-                futures += [pool.submit(run, item.index) for item in back]
+                futures += [pool.submit(in_current_context(run), item.index) for item in back]
             for future in futures:
                 future.result()
         except BaseException:
@@ -147,8 +148,8 @@ def _lanes(
 ) -> tuple[dict[SmallObjectReader, list[SmallItem]], list[int]]:
     """Items a source can fetch as whole small objects (by source), and the rest (indexes).
 
-    An item the cache may hold goes the ordinary way: a stat validates the entry, and a hit is
-    copied from the cache instead of downloaded.
+    An item the cache holds goes on the lane with the entry as its validator (one conditional
+    request: a ``304`` is copied from the cache, anything else brings the new body).
     """
     lanes: dict[SmallObjectReader, list[SmallItem]] = {}
     ordinary: list[int] = []
@@ -160,14 +161,11 @@ def _lanes(
         able = capable.get(id(source))
         if able is None:
             able = capable[id(source)] = on and isinstance(source, SmallObjectReader)
-        if (
-            able
-            and item.info is None
-            and (cache is None or not cache.has(source_id(source, item.key)))
-        ):
+        if able and item.info is None:
             reader = cast(SmallObjectReader, source)
             label = item.label or str(item.dest)
-            small = SmallItem(index, reader, item.key, item.dest, label)
+            held = cache.peek(source_id(source, item.key)) if cache is not None else None
+            small = SmallItem(index, reader, item.key, item.dest, label, held)
             lanes.setdefault(reader, []).append(small)
         else:
             ordinary.append(index)

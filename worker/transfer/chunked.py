@@ -10,8 +10,9 @@ granted strictly in chunk order (a ticket per chunk), so the lowest chunk not ye
 owns a buffer or is next in line for one: fetchers can run ahead of hashing by at most the pool,
 and can never starve it (no deadlock when chunks already on disk are re-read on resume).
 
-A failed range is retried on its own (backoff with full jitter) within ``max_attempts`` per chunk
-and a budget for the whole object; a reset costs that chunk, not the file. A :class:`Changed`
+A failed range is retried on its own by the retry policy (:mod:`worker.retry`), within
+``max_attempts`` per chunk and an allowance of retries for the whole object; a reset costs that
+chunk, not the file. A :class:`Changed`
 aborts the object at once: the caller starts over from a fresh stat.
 """
 
@@ -21,15 +22,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from worker.errors import Changed, HaulError, IntegrityError
+from worker.observability.context import in_current_context
+from worker.retry import Allowance, RetryCancelled, store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.buffers import Buffer, BufferPool, Cancelled
 from worker.transfer.config import TransferConfig
 from worker.transfer.progress import ProgressMeter
-from worker.transfer.retry import backoff_s
 from worker.transfer.sink import HashWriteSink, Piece
 
 log = logging.getLogger(__name__)
@@ -54,23 +55,6 @@ def read_exactly(
             raise IntegrityError(f"{what}: body is longer than the {want} bytes asked for")
 
 
-@dataclass
-class RetryBudget:
-    """Retries left for one object, shared by its chunks (bounded, whatever the size)."""
-
-    left: int
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.left <= 0:
-                return False
-            self.left -= 1
-            return True
-
-
 class RangeReader(Protocol):
     def read(
         self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
@@ -84,40 +68,50 @@ def fetch_range(
     view: memoryview,
     cfg: TransferConfig,
     *,
-    budget: RetryBudget,
+    allowance: Allowance,
     meter: ProgressMeter | None,
     label: str,
     cancel: threading.Event,
     first: StreamContext | None = None,
 ) -> None:
-    """Read ``len(view)`` bytes at ``start`` into ``view``, retrying this range alone."""
+    """Read ``len(view)`` bytes at ``start`` into ``view``; the retry policy retries this
+    range alone (a :class:`Changed` is not retried here: the object starts over)."""
     what = f"{label} bytes {start}-{start + len(view) - 1}"
-    for attempt in range(cfg.max_attempts):
+    pending = [first]
+
+    def attempt() -> None:
         counted = [0]
 
-        def on_bytes(n: int, counted: list[int] = counted) -> None:
+        def on_bytes(n: int) -> None:
             counted[0] += n
             if meter is not None:
                 meter.add(n)
 
+        ctx, pending[0] = pending[0], None
+        if ctx is None:
+            ctx = source.read(info.key, start=start, length=len(view), pin=info)
         try:
-            ctx = first if first is not None and attempt == 0 else None
-            if ctx is None:
-                ctx = source.read(info.key, start=start, length=len(view), pin=info)
             read_exactly(ctx, view, what, on_bytes)
-        except Changed:
-            raise
-        except HaulError as exc:
+        except HaulError:
             if meter is not None and counted[0]:
                 meter.add(-counted[0])  # those bytes will come again
-            if not exc.retryable or attempt == cfg.max_attempts - 1 or not budget.take():
-                raise
-            log.info("retrying %s (attempt %d): %s", what, attempt + 2, exc)
-        else:
-            return
-        if cancel.wait(backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s)):
-            raise Cancelled
-    raise AssertionError("unreachable")
+            raise
+
+    try:
+        cfg.policy.call(
+            attempt,
+            store_type=store_type_of(source),
+            what=what,
+            retry_if=_range_retryable,
+            allowance=allowance,
+            cancel=cancel,
+        )
+    except RetryCancelled:
+        raise Cancelled from None
+
+
+def _range_retryable(exc: HaulError) -> bool:
+    return exc.retryable and not isinstance(exc, Changed)
 
 
 def chunk_spans(size: int, chunk: int) -> Iterator[tuple[int, int, int]]:
@@ -156,7 +150,7 @@ class ChunkedDownload:
         self.pending = [s for s in self.spans if s[0] not in self.done]
         workers = max(1, min(cfg.concurrency, len(self.pending)))
         self.pool = BufferPool(min(workers + 2, len(self.spans)), cfg.chunk_size_bytes)
-        self.budget = RetryBudget(cfg.max_attempts * max(4, workers))
+        self.allowance = Allowance(cfg.max_attempts * max(4, workers))
         self.workers = workers
         self._first = first if 0 not in self.done else None
         self._cursor = 0
@@ -187,7 +181,7 @@ class ChunkedDownload:
                     offset,
                     memoryview(buf)[:length],
                     self.cfg,
-                    budget=self.budget,
+                    allowance=self.allowance,
                     meter=self.meter,
                     label=self.label,
                     cancel=self._cancel,
@@ -233,7 +227,9 @@ class ChunkedDownload:
             direct_fd=self.direct_fd,
         )
         threads = [
-            threading.Thread(target=self._fetcher, name=f"haul-fetch-{i}", daemon=True)
+            threading.Thread(
+                target=in_current_context(self._fetcher), name=f"haul-fetch-{i}", daemon=True
+            )
             for i in range(self.workers)
         ]
         for t in threads:

@@ -7,7 +7,8 @@ its final name never holds anything but its final bytes.
 Objects above ``multipart_threshold_bytes`` are fetched as parallel ranged chunks
 (:mod:`worker.transfer.chunked`); smaller ones in one request, hashed inline. Every read is pinned
 to the version of the first stat; a :class:`~worker.errors.Changed` starts the object over from a
-fresh stat (at most ``max_attempts`` times), never mixing two versions.
+fresh stat (at most ``max_attempts`` times), never mixing two versions. Every retry, of a
+request or of the whole object, is the retry policy's (:mod:`worker.retry`).
 
 Resume: a chunked download keeps ``<dest>.haul-part.json`` (:mod:`worker.transfer.resume`). A
 process killed mid-download leaves both files; the next call with the same version token hashes
@@ -39,19 +40,15 @@ from worker.errors import (
     Interrupted,
 )
 from worker.hashing import Digests, digest_bytes
+from worker.observability import metrics
+from worker.retry import Allowance, store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.buffers import BufferPool
-from worker.transfer.chunked import (
-    ChunkedDownload,
-    RangeReader,
-    RetryBudget,
-    fetch_range,
-)
+from worker.transfer.chunked import ChunkedDownload, RangeReader, fetch_range
 from worker.transfer.config import TransferConfig
 from worker.transfer.place import write_whole
 from worker.transfer.progress import ProgressFn, ProgressMeter
 from worker.transfer.resume import PartRecord, drop_record
-from worker.transfer.retry import backoff_s, retrying
 from worker.transfer.sink import HashWriteSink, Piece, open_direct
 
 if TYPE_CHECKING:
@@ -124,12 +121,18 @@ def verify(info: ObjectInfo, digests: Digests, label: str) -> None:
         )
 
 
-class _Restart(Exception):
-    """The object has to start over from a fresh stat (it changed, or failed verification)."""
+class _Restart(HaulError):
+    """The object has to start over from a fresh stat (it changed, or failed verification).
+
+    Only the restart loop of :func:`download` retries it; it is raised as its ``cause``.
+    """
+
+    retryable = True
 
     def __init__(self, cause: HaulError) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.code = cause.code
 
 
 def _create_part(path: Path, mode: int = os.O_WRONLY) -> int:
@@ -173,12 +176,9 @@ class _Job:
         self.tmp.unlink(missing_ok=True)
         drop_record(self.record_path)
 
-    def _retrying(self, fn: Callable[[], T]) -> T:
-        return retrying(
-            fn,
-            attempts=self.cfg.max_attempts,
-            base_s=self.cfg.backoff_base_s,
-            max_s=self.cfg.backoff_max_s,
+    def _retrying(self, fn: Callable[[], T], what: str) -> T:
+        return self.cfg.policy.call(
+            fn, store_type=store_type_of(self.source), what=f"{self.label}: {what}"
         )
 
     # ------------------------------------------------------------------ one attempt
@@ -191,10 +191,10 @@ class _Job:
             source = self.source
             if self.cache is None and record is None and isinstance(source, FirstRangeReader):
                 info, first = self._retrying(
-                    lambda: source.read_first(self.key, self.cfg.chunk_size_bytes)
+                    lambda: source.read_first(self.key, self.cfg.chunk_size_bytes), "first range"
                 )
             else:
-                info = self._retrying(lambda: source.stat(self.key))
+                info = self._retrying(lambda: source.stat(self.key), "stat")
         try:
             if self.cache is not None:
                 hit = self.cache.lookup(source_id(self.source, self.key), info)
@@ -232,6 +232,7 @@ class _Job:
         try:
             verify(info, digests, self.label)
         except IntegrityError as exc:
+            metrics.checksum_mismatch(store_type_of(self.source))
             raise _Restart(exc) from None
         if body is not None:
             write_whole(self.dest, body)  # all at once: no part file for a small object
@@ -264,7 +265,7 @@ class _Job:
                 0,
                 view,
                 self.cfg,
-                budget=RetryBudget(self.cfg.max_attempts),
+                allowance=Allowance(self.cfg.max_attempts),
                 meter=meter,
                 label=self.label,
                 cancel=threading.Event(),
@@ -391,6 +392,8 @@ class _WholeBody:
 
     def __init__(self, source: ObjectSource) -> None:
         self._source = source
+        #: retries count under the wrapped source's type
+        self.store_type = store_type_of(source)
 
     def read(
         self, key: str, *, start: int = 0, length: int | None = None, pin: ObjectInfo | None = None
@@ -435,24 +438,32 @@ def download(
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DestinationError(f"cannot make {dest.parent}: {exc.strerror or exc}") from None
-    current = info
-    for restart in range(cfg.max_attempts):
+    current: list[ObjectInfo | None] = [info]
+
+    def attempt() -> Downloaded:
         try:
-            return job.attempt(current, started)
-        except _Restart as exc:
-            cause: HaulError = exc.cause
-        except Changed as exc:
-            cause = exc
+            return job.attempt(current[0], started)
+        except (_Restart, Changed) as exc:
+            # The object changed or arrived wrong: start it over from a fresh stat.
+            job.cleanup()
+            current[0] = None
+            raise (exc if isinstance(exc, _Restart) else _Restart(exc)) from None
         except Interrupted:
             raise
         except Exception:
             job.cleanup()
             raise
-        # The object changed or arrived wrong: start it over from a fresh stat.
-        job.cleanup()
-        current = None
-        if restart == cfg.max_attempts - 1:
-            raise cause
-        log.warning("%s: starting over (attempt %d): %s", job.label, restart + 2, cause)
-        time.sleep(backoff_s(restart, cfg.backoff_base_s, cfg.backoff_max_s))
-    raise AssertionError("unreachable")
+
+    try:
+        return cfg.policy.call(
+            attempt,
+            store_type=store_type_of(source),
+            what=job.label,
+            retry_if=lambda exc: isinstance(exc, _Restart),
+            # An object restart is bounded by attempts only: a long download that meets a
+            # replaced object at its end still gets its fresh start.
+            budget_s=float("inf"),
+            message="{what}: starting over (attempt {attempt})",
+        )
+    except _Restart as exc:
+        raise exc.cause from None

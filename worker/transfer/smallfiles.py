@@ -6,6 +6,14 @@ already in memory) and put at its final name in one step
 (:func:`~worker.transfer.place.write_whole`). An item the source hands back (not small, a
 redirect, an error, a reset) goes the ordinary way, through :func:`~worker.transfer.download.
 download`, which owns retries and error messages; so does every item when the lane is off.
+
+An item the cache holds goes on the lane too, with the entry's version as a validator: one
+request answers both "is the copy current?" and, when it is not, "what is the object now?".
+An unchanged object is copied from the cache (its recorded hashes reused, ``cached``); a changed
+one arrives whole in that same answer and replaces the entry. Before this, a cached item was
+validated by a request of its own on the ordinary path, which at a network's latency costs the
+same round trip as fetching it, on a thread pool instead of the lane: 2000 cached files of
+10 KiB at 20 ms took twice as long as with no cache at all.
 """
 
 from __future__ import annotations
@@ -15,14 +23,16 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from worker.constants import PART_SUFFIX
 from worker.errors import DestinationError, HaulError, IntegrityError
 from worker.hashing import digest_bytes
-from worker.stores.base import SmallObject, SmallObjectReader
-from worker.transfer.cache import Cache
+from worker.observability import metrics
+from worker.retry import store_type_of
+from worker.stores.base import NotModified, SmallObject, SmallObjectReader
+from worker.transfer.cache import Cache, CacheBatch, CachedEntry
 from worker.transfer.download import Downloaded, drop_leftovers, source_id, verify
 from worker.transfer.place import write_whole
 
@@ -36,6 +46,8 @@ class SmallItem:
     key: str
     dest: Path
     label: str
+    #: the cache's copy, validated by the request itself
+    held: CachedEntry | None = None
 
 
 #: ``finished(index, downloaded, error)``: exactly one of the two is set
@@ -67,17 +79,20 @@ class _Dirs:
             self._leftovers[dest.parent] = names
         return any(n.startswith(dest.name + PART_SUFFIX) for n in names) if names else False
 
-    def fd(self, folder: Path) -> int:
-        fd = self._open.get(folder)
-        if fd is not None:
-            self._open.move_to_end(folder)
-            return fd
+    def make(self, folder: Path) -> None:
         if folder not in self._made:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DestinationError(f"cannot make {folder}: {exc.strerror or exc}") from None
             self._made.add(folder)
+
+    def fd(self, folder: Path) -> int:
+        fd = self._open.get(folder)
+        if fd is not None:
+            self._open.move_to_end(folder)
+            return fd
+        self.make(folder)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         self._open[folder] = fd
         if len(self._open) > self._KEEP:
@@ -104,15 +119,27 @@ def fetch_small_items(
     have to go the ordinary way."""
     fallback: list[SmallItem] = []
     dirs = _Dirs()
+    keep = cache.batch() if cache is not None else None
 
-    def deliver(position: int, got: SmallObject | None) -> None:
+    def deliver(position: int, got: SmallObject | NotModified | None) -> None:
         item = items[position]
         if got is None:
             fallback.append(item)
             return
         try:
-            done = _settle(item, got, cache, dirs)
+            if isinstance(got, NotModified):
+                reused = _reuse(item, got, cache, dirs)
+                if reused is None:  # the entry went away meanwhile: fetch it for real
+                    fallback.append(item)
+                    return
+                done = reused
+                metrics.cache_hit()  # the server confirmed the held version
+            else:
+                if cache is not None:
+                    metrics.cache_miss()
+                done = _settle(item, got, keep, dirs)
         except IntegrityError as exc:
+            metrics.checksum_mismatch(store_type_of(item.source))
             log.info("%s: %s; fetching it the ordinary way", item.label, exc)
             fallback.append(item)
         except HaulError as exc:
@@ -132,19 +159,43 @@ def fetch_small_items(
             deliver,
             max_connections=files_in_flight,
             stop=stop,
+            held=[item.held.version if item.held else None for item in items],
         )
     finally:
         dirs.close()
+        if keep is not None:
+            keep.close()
     return fallback
 
 
-def _settle(item: SmallItem, got: SmallObject, cache: Cache | None, dirs: _Dirs) -> Downloaded:
+def _reuse(
+    item: SmallItem, got: NotModified, cache: Cache | None, dirs: _Dirs
+) -> Downloaded | None:
+    """Place the cached content the server just confirmed; None when it is no longer there.
+
+    The entry's bytes are read whole (it is small) and placed like a downloaded body; the
+    data file is checked against the identity its entry recorded, since another worker may
+    have replaced or evicted it after it was peeked at.
+    """
+    if cache is None or item.held is None:
+        return None
+    body = cache.read_confirmed(item.held)
+    if body is None:
+        return None
+    if dirs.has_leftovers(item.dest):
+        drop_leftovers(item.dest)
+    write_whole(item.dest, body, dir_fd=dirs.fd(item.dest.parent))
+    info = replace(got.info, size=item.held.digests.size)
+    return Downloaded(item.held.digests, info, got.seconds, cached=True)
+
+
+def _settle(item: SmallItem, got: SmallObject, keep: CacheBatch | None, dirs: _Dirs) -> Downloaded:
     """Verify, hash and place one whole object, and keep it in the cache."""
     if dirs.has_leftovers(item.dest):
         drop_leftovers(item.dest)
     digests = digest_bytes(got.body)
     verify(got.info, digests, item.label)
     write_whole(item.dest, got.body, dir_fd=dirs.fd(item.dest.parent))
-    if cache is not None:
-        cache.store(source_id(item.source, item.key), got.info, item.dest, digests)
+    if keep is not None:
+        keep.add(source_id(item.source, item.key), got.info, got.body, digests)
     return Downloaded(digests, got.info, got.seconds)

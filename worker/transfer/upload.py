@@ -26,9 +26,9 @@ from worker.errors import (
     TransientError,
 )
 from worker.hashing import Digests
+from worker.retry import store_type_of
 from worker.stores.base import ObjectInfo, Store
 from worker.transfer.config import TransferConfig
-from worker.transfer.retry import retrying
 from worker.transfer.sink import hash_path
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def send(store: Store, hashed: Hashed, key: str, cfg: TransferConfig) -> bool:
         return False
 
     try:
-        return retrying(
-            attempt, attempts=cfg.max_attempts, base_s=cfg.backoff_base_s, max_s=cfg.backoff_max_s
+        return cfg.policy.call(
+            attempt, store_type=store_type_of(store), what=f"storing {hashed.path.name} as {key}"
         )
     except HaulError:
         log.warning("storing %s as %s failed", hashed.path.name, key)

@@ -1,0 +1,78 @@
+"""Read-model fixtures: the same tests on SQLite and on the machine's PostgreSQL.
+
+PostgreSQL runs at 127.0.0.1:5432 (trust auth, user postgres); the suite uses a database of
+its own name, created here, and gives every test an empty schema. Without that server the
+PostgreSQL cases skip (in CI, where ``CI=true``, they fail).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from dashboard.db import make_engine, migrate
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_DATABASE = "haul_web_tests"
+PG_URL = f"postgresql://postgres@127.0.0.1:5432/{PG_DATABASE}"
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            PG_ADMIN_URL.replace("postgresql://", "postgresql://"),
+            autocommit=True,
+            connect_timeout=3,
+        ) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The suite's own PostgreSQL database (created once per session)."""
+    reason = _pg_available()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL unavailable in CI: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL unavailable: {reason}")
+    return PG_URL
+
+
+def reset_pg(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database URL, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'web.sqlite3'}"
+    url: str = request.getfixturevalue("pg_url")
+    reset_pg(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated engine on ``db_url``."""
+    eng = make_engine(db_url)
+    migrate(eng)
+    yield eng
+    eng.dispose()

@@ -192,7 +192,12 @@ def test_haul_worker_runs_watches_in_a_pool_of_their_own(
     env = worker_env(
         redis_private.url,
         data_dir,
-        {**ENV, "HAUL_WATCH_ROUND_S": "30", "HAUL_SHUTDOWN_GRACE_S": "2"},
+        {
+            **ENV,
+            "HAUL_WATCH_ROUND_S": "30",
+            "HAUL_SHUTDOWN_GRACE_S": "2",
+            "HAUL_METRICS_BIND": "127.0.0.1:0",
+        },
     )
     log = (tmp_path / "haul-worker.log").open("wb")
     proc = subprocess.Popen(

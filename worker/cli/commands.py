@@ -68,10 +68,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         others = ",".join(q for q in queues if q != QUEUE_WATCH)
         if args.hostname:
             main += ["--hostname", args.hostname]
+        # One /metrics endpoint: the main worker's (worker/cli/supervise.py says why).
+        watch_env = {**os.environ, "HAUL_METRICS_BIND": ""}
         return run_together(
             [
-                celery_worker(others, main),
-                celery_worker(QUEUE_WATCH, [*watch, "--hostname", f"watch-{name}"]),
+                (celery_worker(others, main), None),
+                (celery_worker(QUEUE_WATCH, [*watch, "--hostname", f"watch-{name}"]), watch_env),
             ]
         )
     if args.hostname:

@@ -3,8 +3,11 @@
 Watch rounds mostly wait on inotify, so ``haul.watch`` gets a Celery worker of its own with a
 threads pool of ``watch_concurrency`` (no extra processes), and the other queues keep the
 prefork pool of ``worker_concurrency``: watches never take a slot from inputs or outputs.
-SIGTERM, SIGINT and SIGQUIT are passed to both; when one worker ends, the other is stopped
-(SIGTERM: its soft shutdown, then requeue) and the exit code is the first non-zero one.
+The watch worker runs with ``metrics_bind`` empty: the main worker's ``/metrics`` and
+``/healthz`` stay the one endpoint (both workers reach the same broker and Redis), and the
+watch rounds' task series are not in it. SIGTERM, SIGINT and SIGQUIT are passed to both; when
+one worker ends, the other is stopped (SIGTERM: its soft shutdown, then requeue) and the exit
+code is the first non-zero one.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from types import FrameType
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
-def run_together(commands: list[list[str]]) -> int:
-    procs = [subprocess.Popen(cmd) for cmd in commands]
+def run_together(commands: list[tuple[list[str], dict[str, str] | None]]) -> int:
+    """Run every (argv, environment) at once; the first non-zero exit code (or 0)."""
+    procs = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for p in procs:

@@ -115,6 +115,8 @@ class Settings(_Strict):
     # Live outputs (contract section 9).
     watch_max_s: Annotated[int, Field(ge=1)] = 86_400
     watch_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    #: one watch round's length: a watch is a chain of rounds (worker/pipeline/watch.py)
+    watch_round_s: Annotated[float, Field(gt=0, le=300)] = 20.0
 
     # The dashboard, ``haul web`` (contract section 10).
     web_bind: str = "127.0.0.1:8750"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-ALL_QUEUES = "haul.inputs,haul.outputs,haul.control"
+ALL_QUEUES = "haul.inputs,haul.outputs,haul.control,haul.watch"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 _counter = itertools.count(1)

@@ -210,7 +210,7 @@ def prepare_inputs(
     skipped: list[dict[str, str]] = []
     for spec in msg.inputs:
         try:
-            files, skips = plan_input(runtime, spec)
+            files, skips = plan_input(runtime, spec, msg.project_id)
         except HaulError as exc:
             raise job.failure(exc, None, spec.name) from exc
         planned[spec.name] = files

@@ -62,7 +62,17 @@ class Execution(Base):
         Index("ix_executions_project_seq", "project_id", "seq"),
         Index("ix_executions_status_seq", "status", "seq"),
         Index("ix_executions_warning_seq", "has_warning", "seq"),
+        # Project and status together (measured: 31 ms at 30 000 executions on PostgreSQL
+        # without it, a bitmap scan of the project plus a sort).
+        Index("ix_executions_project_status_seq", "project_id", "status", "seq"),
     )
+
+
+class Project(Base):
+    """Every project seen, for the listing's filter (a DISTINCT over executions is a scan)."""
+
+    __tablename__ = "projects"
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
 
 
 class EventRow(Base):
@@ -71,9 +81,13 @@ class EventRow(Base):
     __tablename__ = "events"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     stream_id: Mapped[str] = mapped_column(String(64))
+    #: the stream id zero-padded, so that text order is stream order ("…-10" after "…-9")
+    stream_pos: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str | None] = mapped_column(ID, index=True)
+    subject: Mapped[str | None] = mapped_column(ID)
     time: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+    __table_args__ = (Index("ix_events_subject_time", "subject", "time"),)
 
 
 class InputFile(Base):

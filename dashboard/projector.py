@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -36,6 +36,7 @@ from dashboard.models import (
     InputFile,
     InputSkipped,
     Progress,
+    Project,
     Refused,
     StreamGap,
     table_of,
@@ -69,6 +70,14 @@ _ROWS_PER_STATEMENT = 500
 
 def url_digest(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def stream_pos(stream_id: str) -> str:
+    ms, _, seq = stream_id.partition("-")
+    try:
+        return f"{int(ms):020d}-{int(seq or 0):020d}"
+    except ValueError:
+        return stream_id[:64]
 
 
 def utcnow() -> datetime:
@@ -124,6 +133,15 @@ class Projector:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
+        # Built once and run with many parameter sets: SQLAlchemy caches their compiled form
+        # (a multi-row ``.values(rows)`` would be compiled anew for every batch).
+        events, execs = table_of(EventRow), table_of(Execution)
+        self._claim_stmt = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
+        self._exec_stmt = self._insert(execs).on_conflict_do_nothing()
+        self._project_stmt = self._insert(table_of(Project)).on_conflict_do_nothing()
+        self._datum_stmt = self._datum_upsert()
+        self._purge_stmt = self._purge_upsert()
+        self._progress_stmt = self._progress_upsert()
 
     # -------------------------------------------------------------------- public
 
@@ -172,16 +190,14 @@ class Projector:
             first.setdefault(ev.id, ev)
         if not first:
             return []
-        table = table_of(EventRow)
         claimed: set[str] = set()
         rows = [
-            {"id": ev.id, "stream_id": ev.stream_id, "type": ev.type, "subject": ev.subject,
-             "time": ev.time}
+            {"id": ev.id, "stream_id": ev.stream_id, "stream_pos": stream_pos(ev.stream_id),
+             "type": ev.type, "subject": ev.subject, "time": ev.time}
             for ev in sorted(first.values(), key=lambda e: e.id)
         ]  # fmt: skip
         for chunk in _chunks(rows):
-            stmt = self._insert(table).values(chunk).on_conflict_do_nothing()
-            claimed.update(conn.execute(stmt.returning(table.c.id)).scalars())
+            claimed.update(conn.execute(self._claim_stmt, chunk).scalars())
         return [ev for ev in first.values() if ev.id in claimed]
 
     def _flush(self, conn: Connection, batch: _Batch) -> None:
@@ -190,12 +206,15 @@ class Projector:
         for table, rows in batch.rows.items():
             for chunk in _chunks(rows):
                 conn.execute(table.insert(), chunk)
-        for row in batch.datums:
-            self._upsert_datum(conn, row)
-        for row in batch.purges:
-            self._purge(conn, row)
-        if batch.progress:
-            self._write_progress(conn, list(batch.progress.values()))
+        # One row per key and statement: PostgreSQL refuses to upsert one row twice in one
+        # INSERT (what executemany becomes with insertmanyvalues).
+        for stmt, rows in (
+            (self._datum_stmt, list({r["datum_id"]: r for r in batch.datums}.values())),
+            (self._purge_stmt, list({r["datum_id"]: r for r in batch.purges}.values())),
+            (self._progress_stmt, list(batch.progress.values())),
+        ):
+            for chunk in _chunks(rows):
+                conn.execute(stmt, chunk)
 
     def _write_executions(self, conn: Connection, execs: dict[str, _ExecDelta]) -> None:
         table = table_of(Execution)
@@ -208,7 +227,10 @@ class Projector:
             for i in ids
         ]  # fmt: skip
         for chunk in _chunks(base):
-            conn.execute(self._insert(table).values(chunk).on_conflict_do_nothing())
+            conn.execute(self._exec_stmt, chunk)
+        projects = sorted({d.project_id for d in execs.values() if d.project_id})
+        if projects:
+            conn.execute(self._project_stmt, [{"project_id": p} for p in projects])
         current: dict[str, Any] = {}
         for chunk_ids in _chunks(ids):
             query = select(table).where(table.c.execution_id.in_(chunk_ids))
@@ -222,45 +244,36 @@ class Projector:
             updates,
         )
 
-    def _upsert_datum(self, conn: Connection, row: dict[str, Any]) -> None:
+    def _datum_upsert(self) -> Any:
         table = table_of(DatumRow)
-        stmt = self._insert(table).values(row)
-        kept = ("project_id", "purged", "content_removed", "purged_at", "created_at")
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[table.c.datum_id],
-                set_={k: stmt.excluded[k] for k in row if k not in {"datum_id", *kept}},
-            )
-        )
-        # A purge projected earlier left a stub; give it its creation time now.
-        conn.execute(
-            update(table)
-            .where(table.c.datum_id == row["datum_id"], table.c.created_at.is_(None))
-            .values(created_at=row["created_at"])
+        stmt = self._insert(table)
+        fresh = ("execution_id", "path", "uri", "key", "size", "md5", "sha1", "sha256",
+                 "deduplicated", "tags", "alias", "dataset_versions")  # fmt: skip
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.datum_id],
+            set_={k: stmt.excluded[k] for k in fresh}
+            # A purge projected earlier left a stub without a creation time.
+            | {"created_at": func.coalesce(table.c.created_at, stmt.excluded.created_at)},
         )
 
-    def _purge(self, conn: Connection, row: dict[str, Any]) -> None:
+    def _purge_upsert(self) -> Any:
         table = table_of(DatumRow)
-        stmt = self._insert(table).values(row)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[table.c.datum_id],
-                set_={"purged": True, "content_removed": stmt.excluded.content_removed,
-                      "purged_at": stmt.excluded.purged_at},
-            )
+        stmt = self._insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.datum_id],
+            set_={"purged": True, "content_removed": stmt.excluded.content_removed,
+                  "purged_at": stmt.excluded.purged_at},
         )  # fmt: skip
 
-    def _write_progress(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def _progress_upsert(self) -> Any:
         table = table_of(Progress)
-        for row in rows:
-            stmt = self._insert(table).values(row)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[table.c.execution_id, table.c.path],
-                    set_={k: stmt.excluded[k] for k in row if k not in {"execution_id", "path"}},
-                    where=table.c.time <= stmt.excluded.time,
-                )
-            )
+        stmt = self._insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.execution_id, table.c.path],
+            set_={k: stmt.excluded[k]
+                  for k in ("bytes_done", "bytes_total", "rate_bytes_s", "eta_s", "time")},
+            where=table.c.time <= stmt.excluded.time,
+        )  # fmt: skip
 
     # -------------------------------------------------------------------- dialects
 
@@ -268,9 +281,9 @@ class Projector:
         return (postgresql.insert if self._pg else sqlite.insert)(table)
 
     def _insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        stmt: Insert = self._insert(table).on_conflict_do_nothing()
         for chunk in _chunks(rows):
-            stmt: Insert = self._insert(table).values(chunk).on_conflict_do_nothing()
-            conn.execute(stmt)
+            conn.execute(stmt, chunk)
 
 
 def _merged(row: Any, d: _ExecDelta) -> dict[str, Any]:

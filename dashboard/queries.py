@@ -28,6 +28,7 @@ from dashboard.models import (
     InputFile,
     InputSkipped,
     Progress,
+    Project,
     Refused,
     StreamGap,
     table_of,
@@ -108,15 +109,12 @@ class Queries:
         )
 
     def _items(self, conn: Connection, rows: Sequence[Any]) -> list[v.ExecutionItem]:
-        ids = [r.execution_id for r in rows]
+        """Listing items, with the warnings and errors of all of them in two queries."""
         warns = _warnings(conn, [r.execution_id for r in rows if r.has_warning])
-        failed = [r.execution_id for r in rows if r.status.endswith("_failed")]
-        errors = _latest_errors(conn, failed)
-        return (
-            [_item(r, warns.get(r.execution_id, []), errors.get(r.execution_id)) for r in rows]
-            if ids
-            else []
+        errors = _latest_errors(
+            conn, [r.execution_id for r in rows if r.status.endswith("_failed")]
         )
+        return [_item(r, warns.get(r.execution_id, []), errors.get(r.execution_id)) for r in rows]
 
     # -------------------------------------------------------------- details
 
@@ -241,12 +239,10 @@ class Queries:
         )
 
     def projects(self) -> list[str]:
-        t = table_of(Execution)
+        t = table_of(Project)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.c.project_id).where(t.c.project_id.is_not(None)).distinct().limit(500)
-            )
-            return sorted(r[0] for r in rows)
+            rows = conn.execute(select(t.c.project_id).order_by(t.c.project_id).limit(500))
+            return [r[0] for r in rows]
 
     # -------------------------------------------------------------- health
 
@@ -266,7 +262,7 @@ def _gap(conn: Connection) -> str | None:
     return iso(conn.execute(select(func.max(table_of(StreamGap).c.before))).scalar())
 
 
-def _item(row: Any, warns: list[v.Warning], error: v.ErrorInfo | None) -> v.ExecutionItem:
+def _item(row: Any, warns: list[v.InputWarning], error: v.ErrorInfo | None) -> v.ExecutionItem:
     return v.ExecutionItem(
         execution_id=row.execution_id,
         project_id=row.project_id,
@@ -291,8 +287,8 @@ def _counts(total_files: int | None, total_bytes: int | None, files: int, size: 
     return v.Counts(files=files, bytes=size)
 
 
-def _warnings(conn: Connection, ids: list[str]) -> dict[str, list[v.Warning]]:
-    out: dict[str, list[v.Warning]] = {}
+def _warnings(conn: Connection, ids: list[str]) -> dict[str, list[v.InputWarning]]:
+    out: dict[str, list[v.InputWarning]] = {}
     if not ids:
         return out
     t = table_of(InputChange)
@@ -303,7 +299,7 @@ def _warnings(conn: Connection, ids: list[str]) -> dict[str, list[v.Warning]]:
     )
     for r in conn.execute(query):
         out.setdefault(r.execution_id, []).append(
-            v.Warning(input=r.input, url=r.url, message=r.message)
+            v.InputWarning(input=r.input, url=r.url, message=r.message)
         )
     return out
 
@@ -365,7 +361,7 @@ def _timeline(conn: Connection, execution_id: str) -> list[v.EventRef]:
     query = (
         select(t.c.id, t.c.type, t.c.time)
         .where(t.c.subject == execution_id)
-        .order_by(t.c.time, t.c.stream_id)
+        .order_by(t.c.time, t.c.stream_pos)
         .limit(_TIMELINE_LIMIT)
     )
     return [v.EventRef(id=r.id, type=r.type, time=_iso(r.time)) for r in conn.execute(query)]

@@ -20,7 +20,7 @@ class Counts(BaseModel):
     bytes: int
 
 
-class Warning(BaseModel):
+class InputWarning(BaseModel):
     input: str
     url: str
     message: str
@@ -37,7 +37,7 @@ class ExecutionItem(BaseModel):
     status: Status
     inputs: Counts
     outputs: Counts
-    warnings: list[Warning]
+    warnings: list[InputWarning]
     error: ErrorInfo | None
     created_at: str
     updated_at: str
@@ -152,7 +152,7 @@ class ExecutionDetails(BaseModel):
     status: Status
     inputs_count: Counts
     outputs_count: Counts
-    warnings: list[Warning]
+    warnings: list[InputWarning]
     error: ErrorInfo | None
     created_at: str
     updated_at: str

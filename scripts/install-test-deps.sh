@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 APT_PACKAGES=(
     swift swift-proxy swift-account swift-container swift-object
-    memcached nginx-light curl redis-server aria2 rclone
+    memcached nginx-light curl redis-server aria2 rclone rabbitmq-server
     chromium
 )
 AZURITE_VERSION="3.35.0" # 3.36+ needs Node >= 22
@@ -37,6 +37,19 @@ fi
 
 # Debian's nginx/redis/memcached packages may try to start services; none are needed
 # (the tests start their own instances on random ports).
+
+# RabbitMQ is the one shared server: the broker tests use the machine's own on 127.0.0.1:5672
+# (guest/guest), each in a vhost of its own (tests/support/rabbitmq.py). Start it if it is not
+# running (machines of this kind start it before the session; a fresh one may not).
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    log "starting rabbitmq-server"
+    rabbitmq-server -detached
+    for _ in $(seq 120); do
+        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break
+        sleep 0.5
+    done
+    rabbitmqctl await_startup >/dev/null
+fi
 
 if [[ -x tests/node/node_modules/.bin/azurite-blob ]]; then
     log "azurite already installed"

@@ -18,6 +18,7 @@ from celery.signals import (
     worker_ready,
 )
 
+from tasks import observe
 from tasks.config import celery_config
 from tasks.runner import ProcessRuntime, reject_undecodable, run_task
 from worker.logs import configure_logging
@@ -32,7 +33,10 @@ def create_app(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     runtime = ProcessRuntime(settings)
     for job in JOBS:
-        app.task(name=job.task, bind=True)(_task_function(job, runtime))
+        # max_retries=None here, on the task: Celery reads retry(max_retries=None) as "the
+        # task's default" (3), so a copy waiting out a live lease was dropped after three
+        # waits, acknowledged, with no outcome event (found by bench/chaos).
+        app.task(name=job.task, bind=True, max_retries=None)(_task_function(job, runtime))
     _connect_signals(app, settings, runtime)
     return app
 
@@ -74,7 +78,14 @@ def _connect_signals(app: Celery, settings: Settings, runtime: ProcessRuntime) -
         if getattr(sender, "app", app) is app:
             reject_undecodable(runtime.get(), message, exc)
 
-    handlers = (_setup_logging, _sigterm_requeues, _close_runtime, _report_refused)
+    handlers = (
+        _setup_logging,
+        _sigterm_requeues,
+        _close_runtime,
+        _report_refused,
+        # Metrics, health and the task context on log lines: tasks/observe.py.
+        observe.connect(app, settings),
+    )
     app.haul_signal_handlers = handlers
     setup_logging.connect(_setup_logging, weak=True)
     worker_ready.connect(_sigterm_requeues, weak=True)

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from worker.constants import EV_MESSAGE_REJECTED
+from worker.constants import EV_MESSAGE_REJECTED, TASK_QUEUES
 from worker.errors import LeaseHeld, MessageError
 from worker.lease import Lease
 from worker.models import ID_PATTERN, FieldProblem, MessageRejected, validate_message
-from worker.pipeline.protocol import Job, execute
+from worker.pipeline.protocol import REPEAT_STATUS, Delivery, Job, execute, with_delivery
 from worker.pipeline.runtime import Runtime
 from worker.settings import Settings
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("haul.tasks")
 ID_RE = re.compile(ID_PATTERN)
+#: the message header naming the round that sent a round (jobs declared ``repeats``)
+SENT_BY_HEADER = "haul_sent_by"
 
 
 class ProcessRuntime:
@@ -149,8 +151,29 @@ def run_task(
         lease.acquire()
     except LeaseHeld as exc:
         log.info("%s; retrying in %d s", exc, rt.settings.lease_retry_s)
-        raise task.retry(countdown=rt.settings.lease_retry_s, max_retries=None) from None
+        # no limit: the task is registered with max_retries=None (tasks/app.py); the holder
+        # either finishes or dies and its lease lapses within lease_ttl_s
+        raise task.retry(countdown=rt.settings.lease_retry_s) from None
     try:
-        return execute(rt, job, msg, lease.lost)
+        if not job.repeats:
+            return execute(rt, job, msg, lease.lost)
+        delivery = _delivery(task)
+        summary = with_delivery(delivery, lambda: execute(rt, job, msg, lease.lost))
     finally:
         lease.release()
+    if summary.get("status") == REPEAT_STATUS:
+        # Sent after the lease is released, so the next round can take it at once.
+        task.app.send_task(
+            job.task,
+            args=list(args),
+            kwargs=kwargs,
+            queue=TASK_QUEUES[job.task],
+            headers={SENT_BY_HEADER: delivery.message_id},
+        )
+    return summary
+
+
+def _delivery(task: Task) -> Delivery:
+    request = task.request
+    sent_by = getattr(request, SENT_BY_HEADER, None) or (request.headers or {}).get(SENT_BY_HEADER)
+    return Delivery(str(request.id), sent_by)

@@ -52,6 +52,17 @@ KEY_CONTENT_REFS: Final = "haul:refs"  # :<store>:<key digest> -> set of live da
 KEY_LEASE: Final = "haul:lease"  # :<execution id> -> holder token
 KEY_INPUT_FILES: Final = "haul:inputs:files"  # :<execution> -> hash of finished input files
 KEY_INPUT_LOGGED: Final = "haul:inputs:logged"  # :<execution> -> set of facts in haul.log
+KEY_ALIAS: Final = "haul:alias"  # :<project>:<alias> -> sorted set of moves (by created_at)
+KEY_DATASET: Final = "haul:dataset"  # :<project>:<dataset>:<version> -> hash (the header)
+KEY_DATASET_NEW: Final = "haul:dataset:new"  # :<project>:<dataset>:<version> -> path -> datum
+KEY_DATASET_PAGES: Final = "haul:dataset:pages"  # :<project>:<dataset>:<version> -> list
+KEY_DATASET_CLAIMS: Final = "haul:datasets:claimed"  # :<project>:<execution> -> set of versions
+KEY_WATCH_STOP: Final = "haul:watch:stop"  # :<execution> -> set when store_outputs began
+KEY_WATCH_ACTIVE: Final = "haul:watch:active"  # :<execution> -> set while a watch may run
+KEY_WATCH_ROUND: Final = "haul:watch:round"  # :<execution> -> task id of the current round
+KEY_WATCH_STARTED: Final = "haul:watch:started"  # :<execution> -> epoch s of the first round
+KEY_WATCH_STORED: Final = "haul:watch:stored"  # :<execution> -> rel path -> live record
+KEY_WATCH_FILE_LOCK: Final = "haul:watch:file"  # :<execution>:<path digest> -> lock
 
 # On-disk names (contract section 3).
 INPUTS_DIR: Final = "inputs"
@@ -67,3 +78,13 @@ METADATA_SUFFIX: Final = ".metadata.json"
 # Keys inside a store (contract section 5).
 STORE_DATA_DIR: Final = "data"
 STORE_DATUMS_DIR: Final = "datums"
+STORE_ALIASES_DIR: Final = "aliases"
+STORE_DATASETS_DIR: Final = "datasets"
+
+# URL forms and names of section 9.
+DATUM_SCHEME: Final = "datum://"
+DATASET_SCHEME: Final = "dataset://"
+ALIAS_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9._-]{0,127}$"
+DATUM_ID_PATTERN: Final = r"^[0-9a-f]{32}$"
+#: members per page of a dataset version (in Redis and in the store)
+DATASET_PAGE_SIZE: Final = 1000

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from worker.constants import KEY_LEASE
 from worker.errors import LeaseHeld
+from worker.observability.context import in_current_context
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class Lease:
         if not self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
             ttl = self.client.pttl(self.key)
             raise LeaseHeld(f"{self.key} is held by a live worker (expires in {ttl} ms)")
-        self._thread = threading.Thread(target=self._beat, name="haul-lease", daemon=True)
+        self._thread = threading.Thread(
+            target=in_current_context(self._beat), name="haul-lease", daemon=True
+        )
         self._thread.start()
 
     def _beat(self) -> None:

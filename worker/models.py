@@ -35,6 +35,7 @@ URL_SCHEMES = (
     "http://",
     "https://",
     "datum://",
+    "dataset://",
     "file://",
 )
 
@@ -68,7 +69,7 @@ class InputSpec(_Message):
             if not url.startswith(URL_SCHEMES):
                 raise ValueError(
                     "unsupported URL form; use s3://, azure://, gs://, swift://, http(s)://, "
-                    "datum:// or file:// (inside a declared local store)"
+                    "datum://, dataset:// or file:// (inside a declared local store)"
                 )
             if any(ch in url for ch in "\x00\r\n"):
                 raise ValueError("URLs cannot contain NUL or line breaks")
@@ -122,6 +123,14 @@ class StoreOutputs(_Message):
     store: str | None = None
 
 
+class WatchOutputs(_Message):
+    """``haul.watch_outputs``: store outputs while the execution runs (contract section 9)."""
+
+    execution_id: Id
+    project_id: Id
+    store: str | None = None
+
+
 class Purge(_Message):
     project_id: Id
     datum_ids: Annotated[
@@ -136,6 +145,7 @@ MESSAGES: dict[str, type[_Message]] = {
     "haul.prepare_inputs": PrepareInputs,
     "haul.store_outputs": StoreOutputs,
     "haul.purge": Purge,
+    "haul.watch_outputs": WatchOutputs,
 }
 
 

@@ -41,9 +41,9 @@ def check_visible(name: str) -> None:
         )
 
 
-def checked_relative(rel: str) -> str:
+def check_relative(rel: str) -> str:
     """``rel`` itself when it is a relative POSIX path without `..`, `.`, empty or absolute
-    parts (what :func:`clean_relative` builds a path from), else UnsafePathError."""
+    parts, else UnsafePathError (the string form of :func:`clean_relative`, for hot loops)."""
     if not rel or "\x00" in rel or "\\" in rel:
         raise UnsafePathError(f"unsafe path {rel!r}")
     if rel.startswith("/"):
@@ -58,7 +58,7 @@ def checked_relative(rel: str) -> str:
 
 def clean_relative(rel: str) -> PurePosixPath:
     """Relative POSIX path without `..`, `.`, empty or absolute parts, else UnsafePathError."""
-    return PurePosixPath(*checked_relative(rel).split("/"))
+    return PurePosixPath(*check_relative(rel).split("/"))
 
 
 def safe_join(base: Path, rel: str) -> Path:

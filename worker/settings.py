@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -84,7 +85,8 @@ class Settings(_Strict):
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     chunk_size_bytes: Annotated[int, Field(ge=64 * 1024, le=1024 * MiB)] = 8 * MiB
     multipart_threshold_bytes: Annotated[int, Field(ge=0)] = 16 * MiB
-    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 16
+    # 64: chosen by bench.rtt at 20 ms RTT (docs/design.md, "Small files at a round-trip time").
+    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 64
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     #: no retry of one call waits past this long after its first attempt (worker/retry.py)
     retry_budget_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
@@ -116,6 +118,8 @@ class Settings(_Strict):
     # Live outputs (contract section 9).
     watch_max_s: Annotated[int, Field(ge=1)] = 86_400
     watch_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    #: one watch round's length: a watch is a chain of rounds (worker/pipeline/watch.py)
+    watch_round_s: Annotated[float, Field(gt=0, le=300)] = 20.0
 
     # The dashboard, ``haul web`` (contract section 10).
     web_bind: str = "127.0.0.1:8750"
@@ -139,6 +143,15 @@ class Settings(_Strict):
     @property
     def proxy_in_env(self) -> bool:
         return self._proxy_in_env
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_metrics_bind(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"{value!r} is not host:port (or empty to turn it off)")
+        return value
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -34,15 +34,19 @@ class ParsedURL:
     #: ``http``, ``https``, ``datum`` or a store type's scheme (:mod:`worker.stores.registry`)
     scheme: str
     #: the container path: (bucket,) for s3/gs, (account, container) for azure,
-    #: (project, container) for swift, (host,) for http(s), () for datum/file
+    #: (project, container) for swift, (host,) for http(s), (dataset,) for dataset,
+    #: () for datum/file
     location: tuple[str, ...]
-    #: the key inside the container (may hold wildcards); the datum id; the file path
+    #: the key inside the container (may hold wildcards); the datum id or alias; the dataset
+    #: version; the file path
     key: str
     raw: str
 
     @property
     def has_wildcard(self) -> bool:
-        return self.scheme not in {"http", "https", "datum"} and any(c in self.key for c in ("*",))
+        return self.scheme not in {"http", "https", "datum", "dataset"} and any(
+            c in self.key for c in ("*",)
+        )
 
 
 def parse_input_url(url: str) -> ParsedURL:
@@ -64,6 +68,12 @@ def parse_input_url(url: str) -> ParsedURL:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", rest):
             raise UnsupportedURL(f"not a datum id: {url}")
         return ParsedURL("datum", (), rest, url)
+    if scheme == "dataset":
+        name = r"[A-Za-z0-9._-]{1,64}"
+        match = re.fullmatch(rf"({name})/({name})", rest)
+        if not match or {".", ".."} & set(match.groups()):
+            raise UnsupportedURL(f"not of the form dataset://<dataset>/<version>: {url[:200]}")
+        return ParsedURL("dataset", (match[1],), match[2], url)
     if scheme == "file":
         if not rest.startswith("/"):
             raise UnsupportedURL(f"file URLs must be absolute: {url}")

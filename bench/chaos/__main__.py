@@ -38,6 +38,9 @@ class Chaos:
     #: kills that landed while at least one execution was between message and outcome
     kills_busy: int = 0
     redis_restarts: int = 0
+    #: the worker's main process exited by itself (restarted, as a supervisor would)
+    crashes: list[str] = field(default_factory=list)
+    steps_done: int = 0
     log: list[str] = field(default_factory=list)
 
 
@@ -62,18 +65,20 @@ def _killer(
     started = time.monotonic()
     total = len(orch.executions)
     for n, step in enumerate(steps, start=1):
-        # Spread the steps over the run: step n waits for n/(len+1) of the outcomes, so every
-        # kill lands while work is left, however fast the executions go.
-        while orch.outcomes() < n * total // (len(steps) + 1):
-            if stop.wait(0.05):
-                return
-        if stop.wait(rnd.uniform(*gap_s)) or orch.finished():
+        # Kills and progress stay in step both ways: step n waits for (n-1)/L of the outcomes
+        # and for an execution in flight; execution i is sent once i*L/N steps are made, or
+        # when nothing is in flight (may_send), so the killer never waits for work forever.
+        if stop.wait(rnd.uniform(*gap_s)):
             return
+        while orch.outcomes() < (n - 1) * total // len(steps) or orch.active() == 0:
+            if orch.finished() or stop.wait(0.01):
+                return
         at = f"{time.monotonic() - started:7.1f}s"
         busy = orch.active() > 0
         if step == "redis":
             redis_srv.restart()
             chaos.redis_restarts += 1
+            chaos.steps_done += 1
             chaos.log.append(f"{at} redis restarted")
             continue
         if rnd.random() < 0.3:
@@ -84,10 +89,19 @@ def _killer(
             child = worker.kill_child(rnd.randrange(1 << 30))
             if child is None:
                 chaos.kills_missed += 1
+                chaos.steps_done += 1
                 continue
             chaos.kills_child += 1
             chaos.log.append(f"{at} SIGKILL pool child {child}")
         chaos.kills_busy += busy
+        chaos.steps_done += 1
+
+
+def _supervisor(worker: Worker, stop: threading.Event, chaos: Chaos) -> None:
+    started = time.monotonic()
+    while not stop.wait(0.5):
+        if worker.revive():
+            chaos.log.append(f"{time.monotonic() - started:7.1f}s worker had exited; restarted")
 
 
 def _report(fig: Figures, chaos: Chaos, args: argparse.Namespace, seconds: float) -> str:
@@ -105,6 +119,7 @@ def _report(fig: Figures, chaos: Chaos, args: argparse.Namespace, seconds: float
         f"({chaos.kills_child} pool children, {chaos.kills_main} main processes; "
         f"{chaos.kills_busy} while executions were in flight)",
         f"  redis restarts             {chaos.redis_restarts}",
+        f"  worker exits by itself     {many(chaos.crashes)}",
         f"  executions done            {fig.done}/{fig.executions}",
         f"  failed with a code         {many(fig.failed)}",
         f"  lost executions            {many(fig.lost)}",
@@ -162,15 +177,26 @@ def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
             orch = Orchestrator(
                 redis_srv.url, data_dir, web.base_url, corpus, args.executions, 4, on_outputs
             )
+            steps = plan(args.kills)
+
+            def may_send(i: int) -> bool:
+                due = -(-i * len(steps) // args.executions)  # ceil(i * L / N)
+                return chaos.steps_done >= due or orch.active() == 0 or not killer.is_alive()
+
+            orch.may_send = may_send
             worker.start()
             watcher.start()
             killer = threading.Thread(
                 target=_killer,
-                args=(worker, redis_srv, orch, plan(args.kills), rnd,
+                args=(worker, redis_srv, orch, steps, rnd,
                       (args.min_gap_s, args.max_gap_s), stop, chaos),
                 daemon=True,
             )  # fmt: skip
             killer.start()
+            supervisor = threading.Thread(
+                target=_supervisor, args=(worker, stop, chaos), daemon=True
+            )
+            supervisor.start()
             try:
                 # every execution to its outcome, and every planned kill and restart made
                 orch.run(deadline, stop)
@@ -179,9 +205,11 @@ def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
             finally:
                 stop.set()
                 killer.join(120)
+                supervisor.join(120)
                 watcher.stop()
                 worker.stop()
             seconds = time.monotonic() - started
+            chaos.crashes = list(worker.crashes)
             fig = audit(redis_srv.url, data_dir, store_root, corpus, orch.executions,
                         watcher.partial)  # fmt: skip
             if args.verbose:

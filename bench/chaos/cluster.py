@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +53,10 @@ class Worker:
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._groups: list[int] = []
+        self._lock = threading.Lock()
         self.starts = 0
+        #: exits nobody caused (the worker died by itself), with its last critical log line
+        self.crashes: list[str] = []
 
     @property
     def pid(self) -> int | None:
@@ -105,14 +109,32 @@ class Worker:
     def kill_main_and_restart(self) -> int | None:
         """SIGKILL the main process only (its children are orphaned, as on a real crash), then
         start a new worker."""
-        proc = self._proc
-        victim = None
-        if proc is not None and proc.poll() is None:
-            victim = proc.pid
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        self.start()
-        return victim
+        with self._lock:
+            proc = self._proc
+            victim = None
+            if proc is not None and proc.poll() is None:
+                victim = proc.pid
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            self.start()
+            return victim
+
+    def revive(self) -> bool:
+        """Start a new worker if the main process exited by itself (what a supervisor such as
+        systemd's ``Restart=always`` does); True when it had to."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                return False
+            self.crashes.append(f"exit {proc.returncode}: {self._last_critical()}")
+            self.start()
+            return True
+
+    def _last_critical(self) -> str:
+        with self._log_path.open("rb") as fh:
+            lines = fh.read().decode(errors="replace").splitlines()
+        critical = [line for line in lines if "critical" in line.lower()]
+        return critical[-1][:300] if critical else "no CRITICAL line"
 
     def stop(self) -> None:
         proc = self._proc

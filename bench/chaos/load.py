@@ -108,6 +108,8 @@ class Orchestrator:
         }
         self.client = Celery("chaos-orchestrator", broker=redis_url)
         self.client.conf.update(task_serializer="json", accept_content=["json"])
+        #: may execution number i be sent now? (the killer holds work back to stay in step)
+        self.may_send: Callable[[int], bool] = lambda _i: True
         self._last_id = "0-0"
         self._lock = threading.Lock()
         self.redis_errors = 0
@@ -184,9 +186,11 @@ class Orchestrator:
         """Until every execution has its outcome, ``deadline`` passes or ``stop`` is set."""
         r = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
         pending = [e for e in self.executions.values() if e.phase == "new"]
+        sent = len(self.executions) - len(pending)
         while not stop.is_set() and time.monotonic() < deadline and not self.finished():
-            while pending and self.active() < self.in_flight:
+            while pending and self.active() < self.in_flight and self.may_send(sent):
                 ex = pending.pop(0)
+                sent += 1
                 ex.phase = "preparing"
                 self._send(TASK_PREPARE_INPUTS, self._prepare_message(ex.execution_id), deadline)
             try:

@@ -1,8 +1,9 @@
 """Read-model fixtures: the same tests on SQLite and on the machine's PostgreSQL.
 
 PostgreSQL runs at 127.0.0.1:5432 (trust auth, user postgres); the suite uses a database of
-its own name, created here, and gives every test an empty schema. Without that server the
-PostgreSQL cases skip (in CI, where ``CI=true``, they fail).
+its own name (``haul_web_tests_<pid>``: two runs of the suite at once, from two checkouts, must
+not share one), created here and dropped at the end, and gives every test an empty schema.
+Without that server the PostgreSQL cases skip (in CI, where ``CI=true``, they fail).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, text
 from dashboard.db import make_engine, migrate
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_DATABASE = "haul_web_tests"
+PG_DATABASE = f"haul_web_tests_{os.getpid()}"
 PG_URL = f"postgresql://postgres@127.0.0.1:5432/{PG_DATABASE}"
 
 
@@ -41,14 +42,18 @@ def _pg_available() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """The suite's own PostgreSQL database (created once per session)."""
+def pg_url() -> Iterator[str]:
+    """The suite's own PostgreSQL database (created once per session, dropped after)."""
     reason = _pg_available()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL unavailable in CI: {reason}", pytrace=False)
         pytest.skip(f"PostgreSQL unavailable: {reason}")
-    return PG_URL
+    yield PG_URL
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
 
 
 def reset_pg(url: str) -> None:

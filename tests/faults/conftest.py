@@ -51,6 +51,7 @@ FAULT_ENV = {
     "HAUL_CONCURRENCY": "2",
     "HAUL_CACHE_ENABLED": "false",
     "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
+    "HAUL_LEASE_RETRY_S": "1",
 }
 
 

@@ -35,7 +35,6 @@ def test_a_small_chaos_run_loses_nothing_and_shows_nothing_partial() -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr[-3000:]
-    assert "executions done            3/3" in out, out
     assert "redis restarts             2" in out, out
     for figure in (
         "lost executions",

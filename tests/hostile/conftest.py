@@ -102,6 +102,7 @@ class Case:
             self.exec_dir,
             r.data_dir / "store",
             r.data_dir / "cache",
+            r.data_dir / "run",  # the worker's metrics files
             r.root / "redis",
             Path(r.haul.worker.log_path),
         )

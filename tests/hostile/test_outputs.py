@@ -168,7 +168,7 @@ SIDECARS: list[tuple[str, bytes, str]] = [
     ("alias-a-number", b'{"valohai.alias": 7}', "valohai.alias must be a string"),
     ("nan", b'{"score": NaN}', "NaN is not a JSON number"),
     ("nested-too-deep", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    ("two-megabytes", b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', "at most 1048576"),
+    ("two-megabytes", b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', "larger than 1048576"),
 ]
 
 

@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
+from tests.support.fixtures import BROKERS, broker_for, require_rabbitmq
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.worker import start_worker
 from worker.constants import TASK_QUEUES
@@ -32,12 +33,19 @@ class Haul:
     redis_url: str
     data_dir: Path
     worker: Any
+    #: the Celery broker (None: redis_url); a RabbitMQ vhost for the rabbitmq runs
+    broker_url: str | None = None
     client: Celery = field(init=False)
     r: redis.Redis = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = Celery("orchestrator", broker=self.redis_url, backend=self.redis_url)
+        broker = self.broker_url or self.redis_url
+        self.client = Celery("orchestrator", broker=broker, backend=self.redis_url)
         self.client.conf.update(task_serializer="json", accept_content=["json"])
+        if broker.startswith("amqp"):
+            # An outside client that names a queue declares it as Celery's default (classic)
+            # type, which RabbitMQ refuses for haul's quorum queues: say "quorum" too.
+            self.client.conf.task_create_missing_queue_type = "quorum"
         self.r = redis.Redis.from_url(self.redis_url, decode_responses=True)
 
     def send(self, task: str, message: Any) -> AsyncResult:
@@ -89,20 +97,36 @@ def _db_url(base: str, db: int) -> str:
     return base.rsplit("/", 1)[0] + f"/{db}"
 
 
+@pytest.fixture(scope="module", params=BROKERS)
+def module_broker(request: pytest.FixtureRequest) -> str:
+    """The module's tests run once per broker (Redis, and the machine's RabbitMQ)."""
+    kind: str = request.param
+    if kind == "rabbitmq":
+        require_rabbitmq()
+    return kind
+
+
 @pytest.fixture(scope="module")
-def haul(redis_srv: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Haul]:
+def haul(
+    redis_srv: Any, module_broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Haul]:
     """One worker for the module, allowed to read the loopback test server."""
     data_dir = tmp_path_factory.mktemp("haul-data")
     share = tmp_path_factory.mktemp("share")
     url = _db_url(redis_srv.url, 1)
     redis.Redis.from_url(url).flushdb()
+    with broker_for(module_broker, redis_srv, 1) as broker_url:
+        yield from _haul(url, broker_url, data_dir, share)
+
+
+def _haul(url: str, broker_url: str, data_dir: Path, share: Path) -> Iterator[Haul]:
     env = {
         "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
         "HAUL_STORES__SHARE__TYPE": "local",
         "HAUL_STORES__SHARE__PATH": str(share),
         "HAUL_MAX_ATTEMPTS": "2",
     }
-    with start_worker(url, data_dir, extra_env=env, concurrency=2) as w:
-        h = Haul(url, data_dir, w)
+    with start_worker(url, data_dir, extra_env=env, concurrency=2, broker_url=broker_url) as w:
+        h = Haul(url, data_dir, w, broker_url)
         h.share = share  # type: ignore[attr-defined]
         yield h

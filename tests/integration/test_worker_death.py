@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import Haul, new_id
+from tests.support.fixtures import broker_for
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.worker import start_worker
 
@@ -50,9 +51,22 @@ def _run_interrupted(
     db: int,
     env: dict[str, str],
     sig: int,
+    broker: str = "redis",
+) -> tuple[Haul, str, float]:
+    url = redis_srv.url.rsplit("/", 1)[0] + f"/{db}"
+    with broker_for(broker, redis_srv, db) as broker_url:
+        return _interrupted(url, broker_url, tmp_path, slow, env, sig)
+
+
+def _interrupted(
+    url: str,
+    broker_url: str,
+    tmp_path: Path,
+    slow: tuple[TestHTTPServer, bytes],
+    env: dict[str, str],
+    sig: int,
 ) -> tuple[Haul, str, float]:
     www, data = slow
-    url = redis_srv.url.rsplit("/", 1)[0] + f"/{db}"
     redis.Redis.from_url(url).flushdb()
     data_dir = tmp_path / "data"
     base_env = {
@@ -63,8 +77,8 @@ def _run_interrupted(
     }
     eid = new_id()
     folder = data_dir / "executions" / eid / "inputs" / "x"
-    with start_worker(url, data_dir, extra_env=base_env) as first:
-        haul = Haul(url, data_dir, first)
+    with start_worker(url, data_dir, extra_env=base_env, broker_url=broker_url) as first:
+        haul = Haul(url, data_dir, first, broker_url)
         haul.send(
             "haul.prepare_inputs",
             {
@@ -85,8 +99,8 @@ def _run_interrupted(
         first_log = first.log_tail(60)
     assert "big.bin" not in _visible_files(folder), first_log
     www.faults.clear()
-    with start_worker(url, data_dir, extra_env=base_env) as second:
-        haul = Haul(url, data_dir, second)
+    with start_worker(url, data_dir, extra_env=base_env, broker_url=broker_url) as second:
+        haul = Haul(url, data_dir, second, broker_url)
         _wait(
             lambda: haul.events(eid, "haul.inputs.ready"),
             90,
@@ -101,16 +115,23 @@ def _run_interrupted(
 
 
 def test_sigkill_mid_download_is_redelivered_and_completes(
-    redis_srv: Any, tmp_path: Path, slow_www: tuple[TestHTTPServer, bytes]
+    redis_srv: Any, tmp_path: Path, slow_www: tuple[TestHTTPServer, bytes], broker_kind: str
 ) -> None:
-    """SIGKILL: the unacked message returns after the visibility timeout; the input completes."""
+    """SIGKILL: the unacked message returns (Redis: after the visibility timeout; RabbitMQ:
+    when the dead worker's connection closes); the input completes."""
     _run_interrupted(
-        redis_srv, tmp_path, slow_www, 3, {"HAUL_BROKER_VISIBILITY_TIMEOUT_S": "10"}, signal.SIGKILL
+        redis_srv,
+        tmp_path,
+        slow_www,
+        3,
+        {"HAUL_BROKER_VISIBILITY_TIMEOUT_S": "10"},
+        signal.SIGKILL,
+        broker_kind,
     )
 
 
 def test_sigterm_requeues_promptly(
-    redis_srv: Any, tmp_path: Path, slow_www: tuple[TestHTTPServer, bytes]
+    redis_srv: Any, tmp_path: Path, slow_www: tuple[TestHTTPServer, bytes], broker_kind: str
 ) -> None:
     """SIGTERM: a soft shutdown gives the task a grace period, then requeues it at once
     (long before the 300 s visibility timeout would)."""
@@ -121,6 +142,7 @@ def test_sigterm_requeues_promptly(
         4,
         {"HAUL_SHUTDOWN_GRACE_S": "1"},
         signal.SIGTERM,
+        broker_kind,
     )
     assert stopped_after < 10
 

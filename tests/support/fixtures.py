@@ -8,12 +8,13 @@ where a skipped store is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import servers
+from tests.support import rabbitmq, servers
 from tests.support.servers import (
     AzuriteServer,
     FakeGcsServer,
@@ -25,6 +26,7 @@ from tests.support.servers import (
 
 __all__ = [
     "azure_srv",
+    "broker_kind",
     "gcs_srv",
     "nginx_srv",
     "redis_private",
@@ -95,3 +97,39 @@ def nginx_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]
         tmp_path_factory.mktemp("nginx"), tmp_path_factory.mktemp("www")
     ) as srv:
         yield srv
+
+
+def require_rabbitmq() -> None:
+    """Skip (or, in CI, fail) when the machine's RabbitMQ is not there."""
+    reason = rabbitmq.missing_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"rabbitmq unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"rabbitmq unavailable: {reason}")
+
+
+BROKERS = ("redis", "rabbitmq")
+
+
+@pytest.fixture(params=BROKERS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """Which broker a worker test runs on: every such test runs once per broker."""
+    kind: str = request.param
+    if kind == "rabbitmq":
+        require_rabbitmq()
+    return kind
+
+
+@contextlib.contextmanager
+def broker_for(kind: str, redis: RedisServer, db: int) -> Iterator[str]:
+    """The broker URL for ``kind``: a Redis database (flushed), or a RabbitMQ vhost of its own."""
+    if kind == "rabbitmq":
+        with rabbitmq.rabbitmq_vhost() as url:
+            yield url
+        return
+    url = redis.url_for_db(db)
+    import redis as redis_lib
+
+    redis_lib.Redis.from_url(url).flushdb()
+    yield url

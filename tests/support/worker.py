@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-ALL_QUEUES = "haul.inputs,haul.outputs,haul.control"
+ALL_QUEUES = "haul.inputs,haul.outputs,haul.control,haul.watch"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 _counter = itertools.count(1)
@@ -60,6 +61,16 @@ class WorkerProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://host:port`` of the worker's /metrics and /healthz (from its start line)."""
+        m = re.search(r"metrics and health on (http://\S+)/metrics", self.log_text())
+        if m is None:
+            raise WorkerStartError(
+                "the worker did not say where its metrics are:\n" + self.log_tail()
+            )
+        return m.group(1)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -97,10 +108,22 @@ class WorkerProcess:
 
 
 def worker_env(
-    redis_url: str, data_dir: Path, extra_env: Mapping[str, str] | None = None
+    redis_url: str,
+    data_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    broker_url: str | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAUL_")}
-    env.update({"HAUL_REDIS_URL": redis_url, "HAUL_DATA_DIR": str(data_dir)})
+    # Port 0: workers of parallel tests never fight over 9808; `metrics_url` finds the port.
+    env.update(
+        {
+            "HAUL_REDIS_URL": redis_url,
+            "HAUL_DATA_DIR": str(data_dir),
+            "HAUL_METRICS_BIND": "127.0.0.1:0",
+        }
+    )
+    if broker_url is not None and broker_url != redis_url:
+        env["HAUL_BROKER_URL"] = broker_url
     env.update(extra_env or {})
     return env
 
@@ -114,11 +137,13 @@ def start_worker(
     queues: str = ALL_QUEUES,
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    broker_url: str | None = None,
     app: str = "tasks",
 ) -> Iterator[WorkerProcess]:
     """A real worker on ``redis_url`` with ``data_dir``; stopped (by PID) when the block ends.
 
-    ``app`` is the Celery app module (``-A``): ``tasks``, or a test module that wraps it.
+    ``broker_url`` (default: ``redis_url``) may be a RabbitMQ vhost's ``amqp://`` URL;
+    ``app`` another Celery app module built on haul's (the cost benchmark's).
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +161,7 @@ def start_worker(
     log = log_path.open("ab")
     proc = subprocess.Popen(
         cmd,
-        env=worker_env(redis_url, data_dir, extra_env),
+        env=worker_env(redis_url, data_dir, extra_env, broker_url),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

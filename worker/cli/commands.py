@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.cli.client import redis_client
 from worker.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Formatter, Subparsers, err
-from worker.constants import ALL_QUEUES
+from worker.constants import ALL_QUEUES, QUEUE_WATCH
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -56,12 +56,29 @@ def register_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", args.queues]
-    argv += ["--loglevel", args.loglevel or settings.log_level]
-    if args.concurrency is not None:
-        argv += ["--concurrency", str(args.concurrency)]
+    from worker.cli.supervise import celery_worker, run_together
+
+    common = ["--loglevel", args.loglevel or settings.log_level]
+    main = common + (["--concurrency", str(args.concurrency)] if args.concurrency else [])
+    queues = [q for q in args.queues.split(",") if q]
+    if QUEUE_WATCH in queues and len(queues) > 1:
+        # Watches in a worker of their own (docs/data-model.md, "Own concurrency").
+        name = args.hostname or "celery@%h"
+        watch = [*common, "--pool", "threads", "--concurrency", str(settings.watch_concurrency)]
+        others = ",".join(q for q in queues if q != QUEUE_WATCH)
+        if args.hostname:
+            main += ["--hostname", args.hostname]
+        # One /metrics endpoint: the main worker's (worker/cli/supervise.py says why).
+        watch_env = {**os.environ, "HAUL_METRICS_BIND": ""}
+        return run_together(
+            [
+                (celery_worker(others, main), None),
+                (celery_worker(QUEUE_WATCH, [*watch, "--hostname", f"watch-{name}"]), watch_env),
+            ]
+        )
     if args.hostname:
-        argv += ["--hostname", args.hostname]
+        main += ["--hostname", args.hostname]
+    argv = celery_worker(args.queues, main)
     # SIGTERM handling (soft shutdown, then requeue) is set up by the app itself: tasks/app.py.
     sys.stdout.flush()
     sys.stderr.flush()
@@ -122,13 +139,22 @@ def register_fetch(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run_fetch)
     p.add_argument("urls", nargs="+", metavar="URL")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to download into")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are drawn only when stderr is a terminal anyway)",
+    )
 
 
 def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.fetch import run_fetch as fetch
+    from worker.cli.progress import Bars, wanted
 
-    code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)
-    return code
+    if not wanted(sys.stderr, args.quiet):
+        code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)
+        return code
+    with Bars(sys.stderr) as bars:
+        return int(fetch(list(args.urls), Path(args.to), settings, sys.stdout, bars))
 
 
 # ============================================================================ haul reindex
@@ -137,9 +163,10 @@ def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
 def register_reindex(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "reindex",
-        help="rebuild the Redis datum index from a store's datum records",
-        description="Read every datum record (<prefix>/datums/<project>/<id>.json) kept in the "
-        "store and load it into Redis, e.g. after losing the Redis data.",
+        help="rebuild the Redis datum, alias and dataset indexes from a store's records",
+        description="Read every datum record (<prefix>/datums/<project>/<id>.json), alias move "
+        "(<prefix>/aliases/...) and sealed dataset version (<prefix>/datasets/...) kept in the "
+        "store and load them into Redis, e.g. after losing the Redis data.",
         epilog="example:\n  haul reindex default\n",
         formatter_class=Formatter,
     )
@@ -148,7 +175,7 @@ def register_reindex(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def run_reindex(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.records.datums import DatumIndex
+    from worker.records.reindex import reindex_store
     from worker.stores.registry import build_store
 
     stores = settings.all_stores()
@@ -159,10 +186,14 @@ def run_reindex(args: argparse.Namespace, settings: Settings) -> int:
         args.store, stores[args.store], settings.store_secrets(args.store), settings
     )
     try:
-        count = DatumIndex(redis_client(settings)).reindex(store)
+        done = reindex_store(redis_client(settings), store)
     finally:
         store.close()
-    print(f"reindexed {count} datum record(s) from store {args.store!r} into Redis")
+    print(f"reindexed {done.datums} datum record(s) from store {args.store!r} into Redis")
+    print(
+        f"reindexed {done.alias_moves} alias move(s) and {done.dataset_versions} dataset "
+        f"version(s) from store {args.store!r} into Redis"
+    )
     return EXIT_OK
 
 

@@ -383,6 +383,8 @@ class Demo:
             "HAUL_DATA_DIR": str(self.data_dir),
             "HAUL_REDIS_URL": self.redis_url,
             "HAUL_ALLOW_PRIVATE_ADDRESSES": "true",
+            # Any free port: the demo must not collide with a worker already on 9808.
+            "HAUL_METRICS_BIND": "127.0.0.1:0",
         }
         s.say(f"Starting: celery -A tasks worker -Q {queues} --concurrency 1")
         s.say(f"    HAUL_DATA_DIR={self.data_dir}")

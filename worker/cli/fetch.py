@@ -13,10 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
+from worker.cli.progress import BAR_INTERVAL_S, Bars
 from worker.errors import HaulError
 from worker.paths import clean_relative
 from worker.records.haul_log import file_lines, stamp
@@ -26,9 +28,15 @@ from worker.stores.resolver import Sources, expand_wildcard
 from worker.transfer.batch import BatchItem, BatchResult, download_many
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
+from worker.transfer.progress import Progress
 from worker.urls import parse_input_url, redact_url
 
 _FLUSH_EVERY_S = 0.2
+
+
+def _label(item: BatchItem) -> str:
+    """What the engine calls the file in its progress reports."""
+    return item.label or str(item.dest)
 
 
 def _http_name(url: str) -> str:
@@ -58,9 +66,16 @@ def _expand(url: str, sources: Sources, to: Path, policy: RetryPolicy) -> Iterat
         yield BatchItem(source, info.key, to / PurePosixPath(info.key).name, info=info)
 
 
-def run_fetch(urls: list[str], to: Path, settings: Settings, out: TextIO) -> int:
-    """Download every URL into ``to``; print the seed-format lines; 0 when all succeeded."""
+def run_fetch(
+    urls: list[str], to: Path, settings: Settings, out: TextIO, bars: Bars | None = None
+) -> int:
+    """Download every URL into ``to``; print the seed-format lines; 0 when all succeeded.
+
+    With ``bars`` (a person at a terminal), large files report often enough to draw them.
+    """
     cfg = TransferConfig.from_settings(settings)
+    if bars is not None:
+        cfg = replace(cfg, progress_interval_s=min(cfg.progress_interval_s, BAR_INTERVAL_S))
     cache = Cache.from_settings(settings)
     sources = Sources(settings, any_local_file=True)
     failed = 0
@@ -78,6 +93,8 @@ def run_fetch(urls: list[str], to: Path, settings: Settings, out: TextIO) -> int
         flushed = [time.monotonic()]
 
         def report(result: BatchResult) -> None:
+            if bars is not None and result.downloaded is not None:
+                bars.finished(_label(result.item), result.downloaded.digests.size)
             if result.downloaded is not None:
                 text = "\n".join(file_lines(str(result.item.dest), result.downloaded.digests))
             else:
@@ -91,8 +108,16 @@ def run_fetch(urls: list[str], to: Path, settings: Settings, out: TextIO) -> int
                     out.flush()
                     flushed[0] = time.monotonic()
 
+        def moved(p: Progress) -> None:
+            if bars is not None:
+                bars.update(p.label, p.bytes_done, p.bytes_total)
+
+        if bars is not None:
+            bars.expect(len(items))
         try:
-            results = download_many(items, cfg, cache=cache, on_done=report)
+            results = download_many(
+                items, cfg, cache=cache, on_done=report, progress=moved if bars else None
+            )
         finally:
             out.flush()
         failed += sum(1 for r in results if not r.ok)

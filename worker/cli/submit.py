@@ -19,9 +19,11 @@ from worker.cli.common import (
     Subparsers,
     err,
 )
+from worker.cli.progress import Bars, wanted
 from worker.cli.rendering import format_event
 from worker.constants import (
     EV_DATUM_PURGED,
+    EV_INPUT_DOWNLOADED,
     EV_INPUTS_FAILED,
     EV_INPUTS_READY,
     EV_MESSAGE_REJECTED,
@@ -148,6 +150,11 @@ def _add_kind_flags(p: argparse.ArgumentParser, kind: str) -> None:
         help="follow the events until the message is done; the exit code tells how it ended",
     )
     p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="with --wait: no progress bars (drawn only when stderr is a terminal anyway)",
+    )
+    p.add_argument(
         "--timeout",
         metavar="S",
         type=float,
@@ -259,8 +266,12 @@ def wait_for(
     result: Any,
     timeout_s: float,
     out: TextIO,
+    bars: Bars | None = None,
 ) -> int:
-    """Print the message's events until its terminal one; exit code 0, 1 or 3 (timeout)."""
+    """Print the message's events until its terminal one; exit code 0, 1 or 3 (timeout).
+
+    With ``bars``, ``haul.transfer.progress`` events move bars instead of printing lines.
+    """
     deadline = time.monotonic() + timeout_s
     finished_seen = False
     while True:
@@ -275,6 +286,8 @@ def wait_for(
         after, events = read_events(client, stream, after, block_ms=int(min(left, 1.0) * 1000))
         for event in events:
             if waiter.relevant(event):
+                if bars is not None and _to_bars(bars, event):
+                    continue
                 out.write(format_event(event) + "\n")
                 out.flush()
                 waiter.see(event)
@@ -285,6 +298,16 @@ def wait_for(
         if finished_seen:
             return _judge_result(result, out)
         finished_seen = bool(result.ready()) if result is not None else False
+
+
+def _to_bars(bars: Bars, event: dict[str, Any]) -> bool:
+    """Progress moves a bar (no line); a finished input completes its bar and prints."""
+    if bars.feed_event(event):
+        return True
+    data = event.get("data") or {}
+    if event.get("type") == EV_INPUT_DOWNLOADED:
+        bars.finished(str(data.get("path")), int(data.get("size") or 0))
+    return False
 
 
 def _judge_result(result: Any, out: TextIO) -> int:
@@ -331,4 +354,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         return EXIT_OK
     waiter = Waiter(task, message)
-    return wait_for(client, settings.events_stream, after, waiter, result, args.timeout, sys.stdout)
+    stream = settings.events_stream
+    if not wanted(sys.stderr, args.quiet):
+        return wait_for(client, stream, after, waiter, result, args.timeout, sys.stdout)
+    # sys.stdout is read inside the block: rich redirects it there, so lines print above bars.
+    with Bars(sys.stderr) as bars:
+        return wait_for(client, stream, after, waiter, result, args.timeout, sys.stdout, bars)

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.constants import TASK_PREPARE_INPUTS, TASK_PURGE, TASK_STORE_OUTPUTS
-from worker.models import PrepareInputs, Purge, StoreOutputs
+from worker.constants import (
+    TASK_PREPARE_INPUTS,
+    TASK_PURGE,
+    TASK_STORE_OUTPUTS,
+    TASK_WATCH_OUTPUTS,
+)
+from worker.models import PrepareInputs, Purge, StoreOutputs, WatchOutputs
 from worker.pipeline.outputs import outputs_failed, store_outputs
 from worker.pipeline.prepare import inputs_failed, prepare_inputs
 from worker.pipeline.protocol import Job, by_execution
 from worker.pipeline.purge import purge
+from worker.pipeline.watch import watch_outputs
 
 PREPARE_INPUTS = Job(
     task=TASK_PREPARE_INPUTS,
@@ -32,4 +38,14 @@ STORE_OUTPUTS = Job(
 # The contract has no purge failure event; the task's own result says what went wrong.
 PURGE = Job(task=TASK_PURGE, model=Purge, run=purge, failed=None)
 
-JOBS: tuple[Job[Any], ...] = (PREPARE_INPUTS, STORE_OUTPUTS, PURGE)
+# A watch has no failure event either: store_outputs stores whatever it did not.
+WATCH_OUTPUTS = Job(
+    task=TASK_WATCH_OUTPUTS,
+    model=WatchOutputs,
+    run=watch_outputs,
+    failed=None,
+    lease_key=by_execution(TASK_WATCH_OUTPUTS),
+    repeats=True,
+)
+
+JOBS: tuple[Job[Any], ...] = (PREPARE_INPUTS, STORE_OUTPUTS, PURGE, WATCH_OUTPUTS)

@@ -7,17 +7,20 @@ A sidecar whose file does not exist is stored as an ordinary output, so nothing 
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from worker.constants import (
+    EV_ALIAS_MOVED,
+    EV_DATASET_VERSION_CREATED,
     EV_OUTPUT_REFUSED,
     EV_OUTPUT_STORED,
     EV_OUTPUTS_FAILED,
@@ -28,6 +31,8 @@ from worker.constants import (
 from worker.errors import HaulError, LeaseLost
 from worker.events import Pending, now_iso
 from worker.models import (
+    AliasMoved,
+    DatasetVersionCreated,
     Datum,
     ErrorInfo,
     OutputRefused,
@@ -36,16 +41,20 @@ from worker.models import (
     OutputStored,
     StoreOutputs,
 )
+from worker.observability import metrics
 from worker.paths import hidden_characters
 from worker.pipeline.protocol import Outcome
 from worker.pipeline.runtime import Runtime
+from worker.pipeline.sidecar import Metadata, read_sidecar
+from worker.records.aliases import AliasIndex
+from worker.records.datasets import DatasetIndex, Member
 from worker.records.datums import content_key, datum_id
+from worker.records.live import FileSignature, LiveFiles
 from worker.retry import store_type_of
 from worker.stores.base import Store
 from worker.transfer.upload import hash_file, send
 
-#: a sidecar is a few tags and keys; a larger one is refused before it is read into memory
-MAX_SIDECAR_BYTES = 1024 * 1024
+T = TypeVar("T")
 
 
 class OutputsFailedError(HaulError):
@@ -55,7 +64,7 @@ class OutputsFailedError(HaulError):
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
     rel: str
     path: Path
     sidecar: Path | None
@@ -68,7 +77,7 @@ class _Metadata:
     extra: dict[str, Any]
 
 
-def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
+def scan(outputs: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """Regular files to store, and (path, reason) of everything refused.
 
     A regular file with more hard links than the walk finds under ``outputs/`` shares its
@@ -116,7 +125,7 @@ def scan(outputs: Path) -> tuple[list[_Candidate], list[tuple[str, str]]]:
         if rel.endswith(METADATA_SUFFIX) and rel.removesuffix(METADATA_SUFFIX) in files:
             continue
         sidecar = files.get(rel + METADATA_SUFFIX)
-        candidates.append(_Candidate(rel, files[rel], sidecar))
+        candidates.append(Candidate(rel, files[rel], sidecar))
     return candidates, refused
 
 
@@ -124,55 +133,66 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"not valid JSON: {name} is not a JSON number")
-
-
-def read_sidecar(path: Path) -> _Metadata:
-    """Parse a ``.metadata.json`` sidecar; raise ValueError saying what is wrong."""
-    size = path.stat().st_size
-    if size > MAX_SIDECAR_BYTES:
-        raise ValueError(f"{size} bytes; a sidecar may have at most {MAX_SIDECAR_BYTES}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise ValueError("must be a JSON object")  # noqa: TRY004 (reported as a problem, not a bug)
-    tags = doc.pop("valohai.tags", [])
-    alias = doc.pop("valohai.alias", None)
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ValueError("valohai.tags must be a list of strings")
-    if alias is not None and not isinstance(alias, str):
-        raise ValueError("valohai.alias must be a string")
-    return _Metadata(tags, alias, doc)
-
-
-class _Job:
+class OutputsJob:
     def __init__(self, runtime: Runtime, msg: StoreOutputs) -> None:
         self.rt = runtime
         self.msg = msg
         self.store_name = runtime.settings.store_for_project(msg.project_id, msg.store)
         self.outputs = runtime.execution_dir(msg.execution_id) / OUTPUTS_DIR
+        self.aliases = AliasIndex(runtime.redis)
+        self.datasets = DatasetIndex(runtime.redis)
 
-    def refuse(self, rel: str, reason: str) -> None:
+    def refuse(self, rel: str, reason: str, *identity: str) -> None:
         self.rt.events.publish(
             EV_OUTPUT_REFUSED,
             self.msg.execution_id,
             OutputRefused(execution_id=self.msg.execution_id, path=rel, reason=reason),
             self.msg.execution_id,
             rel,
+            *identity,
         )
 
-    def store_one(self, store: Store, c: _Candidate) -> dict[str, Any] | None:
-        meta = _Metadata([], None, {})
-        if c.sidecar is not None:
-            try:
-                meta = read_sidecar(c.sidecar)
-            except ValueError as exc:
-                self.refuse(c.rel + METADATA_SUFFIX, f"metadata sidecar ignored: {exc}")
+    def metadata(self, c: Candidate) -> Metadata:
+        """The file's sidecar, each unusable part of it reported against the sidecar."""
+        if c.sidecar is None:
+            return Metadata()
+        where = c.rel + METADATA_SUFFIX
+        try:
+            meta = read_sidecar(c.sidecar)
+        except ValueError as exc:
+            self.refuse(where, f"metadata sidecar ignored: {exc}")
+            return Metadata()
+        for problem in meta.problems:
+            self.refuse(where, problem, problem)
+        return meta
+
+    def store_watched(self, store: Store, c: Candidate, live: LiveFiles) -> dict[str, Any] | None:
+        """A file of a watched execution: the very file the watch stored is not sent again."""
+        with live.file_lock(c.rel, unless_watch_died=True):
+            record = live.get(c.rel)
+            if record is not None and record.file == FileSignature.of(os.lstat(c.path)):
+                return self.reuse(store, c, record.datum_id)
+            return self.store_one(store, c)
+
+    def reuse(self, store: Store, c: Candidate, did: str) -> dict[str, Any] | None:
+        """The datum stored live for ``c``, with the metadata its sidecar holds now."""
+        datum = self.rt.datums.get(did)
+        if datum.purged:
+            self.refuse(c.rel, f"datum {did} was purged; its content is not stored again")
+            return None
+        meta = self.metadata(c)
+        updated = datum.model_copy(
+            update={"tags": meta.tags, "alias": meta.alias, "metadata": meta.extra}
+        )
+        if updated != datum:
+            updated = self.rt.datums.update(updated)
+            self.in_store(
+                store, lambda: self.rt.datums.write_store_record(store, updated), updated.datum_id
+            )
+        return self.announce(store, updated, meta, deduplicated=True)
+
+    def store_one(self, store: Store, c: Candidate) -> dict[str, Any] | None:
+        meta = self.metadata(c)
         hashed = hash_file(c.path, self.rt.transfer)
         d = hashed.digests
         key = content_key(store.prefix, self.msg.project_id, d.sha256, c.path.name)
@@ -209,11 +229,23 @@ class _Job:
             metadata=meta.extra,
         )
         datum = index.add(datum)
-        self.rt.transfer.policy.call(
-            lambda: index.write_store_record(store, datum),
-            store_type=store_type_of(store),
-            what=f"datum record {datum.datum_id}",
+        self.in_store(store, lambda: index.write_store_record(store, datum), datum.datum_id)
+        metrics.transferred("out", self.store_name, d.size)
+        return self.announce(store, datum, meta, deduplicated)
+
+    def in_store(self, store: Store, write: Callable[[], T], what: str) -> T:
+        """Record writes to the store, retried by the engine's policy (the retry owner)."""
+        return self.rt.transfer.policy.call(
+            write, store_type=store_type_of(store), what=f"record {what}"
         )
+
+    def announce(
+        self, store: Store, datum: Datum, meta: Metadata, deduplicated: bool
+    ) -> dict[str, Any]:
+        """Join the datum's dataset versions, move its alias, publish ``haul.output.stored``."""
+        versions = self.join_versions(datum, meta)
+        if datum.alias is not None:
+            self.move_alias(store, datum, datum.alias)
         self.rt.events.publish(
             EV_OUTPUT_STORED,
             self.msg.execution_id,
@@ -221,30 +253,93 @@ class _Job:
                 execution_id=self.msg.execution_id,
                 project_id=self.msg.project_id,
                 datum_id=datum.datum_id,
-                path=c.rel,
+                path=datum.path,
                 uri=datum.uri,
                 key=datum.key,
-                size=d.size,
-                md5=d.md5,
-                sha1=d.sha1,
-                sha256=d.sha256,
+                size=datum.size,
+                md5=datum.md5,
+                sha1=datum.sha1,
+                sha256=datum.sha256,
                 deduplicated=deduplicated,
                 tags=datum.tags,
                 alias=datum.alias,
+                dataset_versions=versions,
             ),
             self.msg.execution_id,
-            c.rel,
-            d.sha256,
+            datum.path,
+            datum.sha256,
         )
         return {
             "datum_id": datum.datum_id,
-            "path": c.rel,
+            "path": datum.path,
             "uri": datum.uri,
             "key": datum.key,
-            "size": d.size,
-            "sha256": d.sha256,
+            "size": datum.size,
+            "sha256": datum.sha256,
             "deduplicated": deduplicated,
+            "dataset_versions": versions,
         }
+
+    def join_versions(self, datum: Datum, meta: Metadata) -> list[str]:
+        joined: list[str] = []
+        member = Member(datum.path, datum.datum_id)
+        for entry in dict.fromkeys(meta.dataset_versions):
+            reason = self.datasets.join(
+                self.msg.project_id, self.msg.execution_id, entry, member, datum.created_at
+            )
+            if reason is None:
+                if entry.target.uri not in joined:
+                    joined.append(entry.target.uri)
+            else:
+                self.refuse(
+                    datum.path, f"not added to {entry.target.uri}: {reason}", entry.target.uri
+                )
+        return joined
+
+    def move_alias(self, store: Store, datum: Datum, alias: str) -> None:
+        move = self.aliases.move(datum, alias)
+        self.in_store(store, lambda: self.aliases.write_store_record(store, move), alias)
+        self.rt.events.publish(
+            EV_ALIAS_MOVED,
+            self.msg.execution_id,
+            AliasMoved(
+                project_id=move.project_id,
+                alias=move.alias,
+                datum_id=move.datum_id,
+                previous_datum_id=move.previous_datum_id,
+                execution_id=move.execution_id,
+            ),
+            move.project_id,
+            move.alias,
+            move.datum_id,
+        )
+
+    def seal_versions(self, store: Store) -> list[str]:
+        """Seal every version this execution named; one ``haul.dataset.version.created`` each."""
+        sealed: list[str] = []
+        for ref in self.datasets.claimed(self.msg.project_id, self.msg.execution_id):
+            version = self.in_store(
+                store,
+                partial(self.datasets.seal, store, self.msg.project_id, self.msg.execution_id, ref),
+                ref.uri,
+            )
+            self.rt.events.publish(
+                EV_DATASET_VERSION_CREATED,
+                self.msg.execution_id,
+                DatasetVersionCreated(
+                    project_id=self.msg.project_id,
+                    dataset=ref.dataset,
+                    version=ref.version,
+                    datum_ids=version.datum_ids,
+                    files=version.files,
+                    bytes=version.bytes,
+                ),
+                self.msg.project_id,
+                ref.dataset,
+                ref.version,
+            )
+            sealed.append(ref.uri)
+        return sealed
 
 
 def _check_lease(lease_lost: threading.Event | None, execution_id: str) -> None:
@@ -267,18 +362,24 @@ def store_outputs(
 ) -> Outcome:
     """Store every output; the summary and ``haul.outputs.stored`` for the runner to publish."""
     started = time.monotonic()
-    job = _Job(runtime, msg)
+    job = OutputsJob(runtime, msg)
     if not job.outputs.is_dir() or job.outputs.is_symlink():
         raise OutputsFailedError(f"execution {msg.execution_id} has no outputs/ folder")
     store = runtime.sources.store(job.store_name)
+    # A watch of this execution ends now; files it stored are recognised, not sent again.
+    live = LiveFiles(runtime.redis, msg.execution_id)
+    live.stop()
+    watched = live.watched()
     candidates, refused = scan(job.outputs)
     for rel, reason in refused:
         job.refuse(rel, reason)
     stored = []
     for c in candidates:
         _check_lease(lease_lost, msg.execution_id)
-        if (one := job.store_one(store, c)) is not None:
+        one = job.store_watched(store, c, live) if watched else job.store_one(store, c)
+        if one is not None:
             stored.append(one)
+    versions = job.seal_versions(store)
     total = sum(s["size"] for s in stored)
     seconds = round(time.monotonic() - started, 3)
     done = OutputsStored(
@@ -297,6 +398,7 @@ def store_outputs(
         "bytes": total,
         "seconds": seconds,
         "datums": stored,
+        "dataset_versions": versions,
         "refused": [{"path": p, "reason": r} for p, r in refused],
     }
     return Outcome(summary, (EV_OUTPUTS_STORED, msg.execution_id, done, (msg.execution_id,)))

@@ -2,7 +2,8 @@
 
 ``keep_directories`` (contract section 2): ``none`` keeps the file name, ``full`` the whole key
 below the bucket/container (for http(s): the URL path), ``suffix`` the part of the key below the
-folder that holds the first wildcard.
+folder that holds the first wildcard. ``datum://<alias>`` resolves to the alias's datum now;
+``dataset://`` gives every member of the version by its path (section 9).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from worker.constants import DATASET_SCHEME
 from worker.errors import HaulError, NoMatch, NotFound, UnsafePathError, UnsupportedURL
 from worker.models import InputSpec
-from worker.paths import check_visible, checked_relative
+from worker.paths import check_relative, check_visible
 from worker.pipeline.runtime import Runtime
+from worker.records.aliases import AliasIndex, is_datum_id
+from worker.records.datasets import DatasetIndex, VersionRef
 from worker.retry import store_type_of
-from worker.stores.base import ObjectInfo, ObjectSource
+from worker.stores.base import ObjectInfo, ObjectSource, Store
 from worker.stores.resolver import expand_wildcard
 from worker.urls import (
     ParsedURL,
@@ -58,7 +62,7 @@ def _key_rel(key: str, keep: str, base: str) -> str:
 
 def _checked(rel: str, url: str) -> str:
     try:
-        checked = checked_relative(rel)
+        checked = check_relative(rel)
     except UnsafePathError:
         raise UnsafePathError(
             f"{redact_url(url)} would be written to {rel!r}, which leaves the input folder"
@@ -70,7 +74,7 @@ def _checked(rel: str, url: str) -> str:
     return checked
 
 
-def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
+def _expand(runtime: Runtime, spec: InputSpec, raw: str, project_id: str) -> list[PlannedFile]:
     url = parse_input_url(raw)
     shown = redact_url(raw)
     if url.scheme in {"http", "https"}:
@@ -78,7 +82,7 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
         http = runtime.sources.http()
         return [PlannedFile(spec.name, shown, http, raw, None, _checked(rel, raw))]
     if url.scheme == "datum":
-        return [_datum(runtime, spec, url)]
+        return [_datum(runtime, spec, url, project_id)]
     source, key = runtime.sources.for_url(url)
     if url.has_wildcard:
         found = runtime.transfer.policy.call(
@@ -104,25 +108,70 @@ def _expand(runtime: Runtime, spec: InputSpec, raw: str) -> list[PlannedFile]:
     return [PlannedFile(spec.name, shown, source, key, None, _checked(rel, raw))]
 
 
-def _datum(runtime: Runtime, spec: InputSpec, url: ParsedURL) -> PlannedFile:
+def _datum(runtime: Runtime, spec: InputSpec, url: ParsedURL, project_id: str) -> PlannedFile:
+    """``datum://<id>``, or ``datum://<alias>``: the datum the alias points at right now."""
+    datum_id = url.key
+    if not is_datum_id(url.key):
+        datum_id = AliasIndex(runtime.redis).resolve(project_id, url.key)
     try:
-        datum = runtime.datums.get(url.key)
+        datum = runtime.datums.get(datum_id)
     except NotFound:
         raise NotFound(f"{url.raw} is not a known datum") from None
     if datum.purged:
-        raise NotFound(f"{url.raw} was purged")
+        shown = url.raw if datum_id == url.key else f"{url.raw} (datum {datum_id})"
+        raise NotFound(f"{shown} was purged")
     store = runtime.sources.store(datum.store)
     rel = datum.path if spec.keep_directories == "full" else posixpath.basename(datum.path)
     return PlannedFile(spec.name, url.raw, store, datum.key, None, _checked(rel, url.raw))
 
 
-def plan_input(runtime: Runtime, spec: InputSpec) -> tuple[list[PlannedFile], Skipped]:
-    """The files of one input, and (url, reason) of each missing file an optional input skips."""
+def _dataset(
+    runtime: Runtime, spec: InputSpec, url: ParsedURL, project_id: str, skipped: Skipped
+) -> list[PlannedFile]:
+    """Every member of a sealed version, laid out by its path (``full`` unless ``none`` is
+    asked for), each named by its ``datum://<id>``; read page by page, in one pass."""
+    ref = VersionRef(url.location[0], url.key)
+    full = spec.keep_directories != "none" or "keep_directories" not in spec.model_fields_set
+    files: list[PlannedFile] = []
+    stores: dict[str, Store] = {}
+    for page in DatasetIndex(runtime.redis).members(project_id, ref):
+        for member, datum in page:
+            shown = f"datum://{datum.datum_id}"
+            if datum.purged:
+                missing = NotFound(f"{ref.uri}: {member.path} ({shown}) was purged")
+                if not spec.optional:
+                    raise missing
+                skipped.append((shown, f"optional input missing: {missing}"))
+                continue
+            rel = member.path if full else posixpath.basename(member.path)
+            if datum.store not in stores:
+                stores[datum.store] = runtime.sources.store(datum.store)
+            try:
+                check_relative(rel)
+            except UnsafePathError:
+                raise UnsafePathError(
+                    f"{shown} would be written to {rel!r}, which leaves the input folder"
+                ) from None
+            files.append(PlannedFile(spec.name, shown, stores[datum.store], datum.key, None, rel))
+    return files
+
+
+def plan_input(
+    runtime: Runtime, spec: InputSpec, project_id: str
+) -> tuple[list[PlannedFile], Skipped]:
+    """The files of one input, and (url, reason) of each missing file an optional input skips.
+
+    ``project_id`` is where ``datum://<alias>`` and ``dataset://`` names are looked up.
+    """
     files: list[PlannedFile] = []
     skipped: Skipped = []
     for raw in spec.urls:
         try:
-            files.extend(_expand(runtime, spec, raw))
+            if raw.startswith(DATASET_SCHEME):
+                url = parse_input_url(raw)
+                files.extend(_dataset(runtime, spec, url, project_id, skipped))
+                continue
+            files.extend(_expand(runtime, spec, raw, project_id))
         except HaulError as exc:
             if not (spec.optional and isinstance(exc, NotFound | NoMatch)):
                 exc.url = redact_url(raw)

@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from worker.constants import (
@@ -91,19 +90,17 @@ def _make_folder(folder: Path, shown: str) -> None:
 
 class _Job:
     def __init__(
-        self, runtime: Runtime, msg: PrepareInputs, progress: Callable[[Progress], None] | None
+        self, runtime: Runtime, msg: PrepareInputs, lease_lost: threading.Event | None = None
     ) -> None:
         self.rt = runtime
         self.msg = msg
-        self.progress = progress
         self.exec_dir = runtime.execution_dir(msg.execution_id)
         self.inputs_dir = self.exec_dir / INPUTS_DIR
         self.haul_log = HaulLog(self.exec_dir / HAUL_LOG)
         self.mount = runtime.settings.inputs_mount.rstrip("/")
         self._checked: set[Path] = set()
-        #: set when another worker took the execution over (prepare_inputs sets it)
-        self.lease_lost: threading.Event | None = None
-        self.finished = FinishedFiles(runtime.redis, msg.execution_id)
+        # Once another worker took the execution over, no more finished-file records.
+        self.finished = FinishedFiles(runtime.redis, msg.execution_id, lease_lost)
 
     # ------------------------------------------------------------------ layout
     def lay_out(self) -> None:
@@ -203,7 +200,7 @@ def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> Pendi
     """
     cause = exc.cause if isinstance(exc, InputsFailedError) else exc
     try:
-        job = _Job(runtime, msg, None)
+        job = _Job(runtime, msg)
     except UnsafePathError:
         job = None  # the execution folder itself is a symlink (often the very failure)
     where = exc.where if isinstance(exc, InputsFailedError) else f"{job.mount if job else ''}/"
@@ -225,16 +222,11 @@ def inputs_failed(runtime: Runtime, msg: PrepareInputs, exc: HaulError) -> Pendi
 
 
 def prepare_inputs(
-    runtime: Runtime,
-    msg: PrepareInputs,
-    lease_lost: threading.Event | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    runtime: Runtime, msg: PrepareInputs, lease_lost: threading.Event | None = None
 ) -> Outcome:
     """``lease_lost`` is set when another worker took the execution over: stop, quietly."""
     started = time.monotonic()
-    job = _Job(runtime, msg, progress)
-    job.lease_lost = lease_lost
-    job.finished.stopped = lease_lost
+    job = _Job(runtime, msg, lease_lost)
     job.lay_out()
 
     # Plan every input first: a bad URL fails the task before any byte moves.
@@ -242,7 +234,7 @@ def prepare_inputs(
     skipped: list[dict[str, str]] = []
     for spec in msg.inputs:
         try:
-            files, skips = plan_input(runtime, spec)
+            files, skips = plan_input(runtime, spec, msg.project_id)
         except HaulError as exc:
             raise job.failure(exc, None, spec.name) from exc
         planned[spec.name] = files

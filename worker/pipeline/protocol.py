@@ -14,7 +14,10 @@ outcome, so no job can end without one:
   now, and that copy publishes the outcome.
 
 ``execute`` knows nothing about Celery; :mod:`tasks.runner` adds validation, the lease and the
-retry of a held lease around it.
+retry of a held lease around it. A job declared ``repeats`` (the live-outputs watch) runs in
+rounds: a summary whose ``status`` is ``watching`` makes the runner send the same message again
+as the next round, and :func:`current_delivery` tells the running round which message it is and
+which round sent it (so a redelivered old round can tell it was superseded).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -47,6 +51,35 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """The broker message running a job: its id, and the id of the round that sent it."""
+
+    message_id: str
+    #: None for a message an orchestrator sent
+    sent_by: str | None = None
+
+
+_DELIVERY: ContextVar[Delivery | None] = ContextVar("haul_delivery", default=None)
+
+
+def current_delivery() -> Delivery | None:
+    """The message the job runs for (set by the runner for jobs declared ``repeats``)."""
+    return _DELIVERY.get()
+
+
+def with_delivery(delivery: Delivery, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    token = _DELIVERY.set(delivery)
+    try:
+        return fn()
+    finally:
+        _DELIVERY.reset(token)
+
+
+#: the summary ``status`` of a round after which the runner sends the next round
+REPEAT_STATUS = "watching"
+
+
+@dataclass(frozen=True)
 class Job(Generic[M]):
     """One contract task, declared."""
 
@@ -61,6 +94,8 @@ class Job(Generic[M]):
     failed: Callable[[Runtime, M, HaulError], Pending] | None
     #: the lease that keeps two copies of one job from running at once; None: no lease
     lease_key: Callable[[M], str] | None = None
+    #: runs in rounds: a summary with ``status`` :data:`REPEAT_STATUS` is sent again
+    repeats: bool = False
 
 
 def by_execution(task: str) -> Callable[[Any], str]:

@@ -16,6 +16,7 @@ from worker.constants import EV_INPUT_CHANGED, EV_INPUT_DOWNLOADED, KEY_INPUT_LO
 from worker.events import Pending, now_iso
 from worker.hashing import Digests
 from worker.models import InputChanged, InputDownloaded, PrepareInputs, SeenContent, SourceInfo
+from worker.observability import metrics
 from worker.pipeline.plan import PlannedFile
 from worker.pipeline.runtime import Runtime
 from worker.records.change_memory import Seen, change_message
@@ -80,7 +81,9 @@ class InputRecorder:
                 facts.append(fact)
             ids = (execution, f.input, f.rel)
             events.append((EV_INPUT_DOWNLOADED, execution, self._downloaded(item), ids))
+            metrics.transferred("in", f.source.name, d.size)
             if previous is not None:
+                metrics.input_changed()
                 self.changed.append({"input": f.input, "url": f.url, "path": shown})
                 message = change_message(f.url, previous, seen)
                 if f"{fact}#warning" not in logged:

@@ -9,6 +9,7 @@ from redis import Redis
 
 from worker.errors import UnsafePathError
 from worker.events import EventPublisher
+from worker.observability import metrics
 from worker.paths import safe_join
 from worker.records.change_memory import ChangeMemory
 from worker.records.datums import DatumIndex
@@ -32,6 +33,8 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis[bytes] | None = None) -> Runtime:
         client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
+        metrics.register_stores({name: cfg.type for name, cfg in settings.all_stores().items()})
+        metrics.count_retries()
         return cls(
             settings=settings,
             redis=client,

@@ -102,6 +102,14 @@ class DatumIndex:
             pipe.execute()
         return current
 
+    def update(self, datum: Datum) -> Datum:
+        """Replace a live datum's record (new sidecar metadata); a purged record stays as is."""
+        current = self.get(datum.datum_id)
+        if current.purged:
+            return current
+        self.client.set(f"{KEY_DATUM}:{datum.datum_id}", json.dumps(datum.model_dump(mode="json")))
+        return datum
+
     def mark_purged(self, datum: Datum, when: str) -> tuple[Datum, int]:
         """Set ``purged: true`` (first time wins); return it and the live references left."""
         updated = (

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker.errors import IntegrityError
+from worker.observability.context import in_current_context
 
 R = TypeVar("R")
 
@@ -89,7 +90,9 @@ def upload_parts(
     try:
         try:
             with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix=thread_name) as pool:
-                futures: list[Future[None]] = [pool.submit(one, p) for p in parts]
+                futures: list[Future[None]] = [
+                    pool.submit(in_current_context(one), p) for p in parts
+                ]
                 try:
                     for fut in as_completed(futures):
                         fut.result()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import cast
 
 from worker.errors import HaulError, InternalError, Interrupted
+from worker.observability.context import in_current_context
 from worker.stores.base import ObjectInfo, ObjectSource, SmallObjectReader
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
@@ -104,7 +105,7 @@ def download_many(
     workers = max(1, min(cfg.files_in_flight, len(ordinary) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="haul-file") as pool:
         try:
-            futures = [pool.submit(run, i) for i in ordinary]
+            futures = [pool.submit(in_current_context(run), i) for i in ordinary]
             for source, small in lanes.items():
 
                 def finished(index: int, got: Downloaded | None, error: HaulError | None) -> None:
@@ -123,7 +124,7 @@ def download_many(
                     finished=finished,
                     stop=stop,
                 )
-                futures += [pool.submit(run, item.index) for item in back]
+                futures += [pool.submit(in_current_context(run), item.index) for item in back]
             for future in futures:
                 future.result()
         except BaseException:

@@ -41,6 +41,7 @@ from typing import Any
 
 from worker.constants import PART_SUFFIX
 from worker.hashing import Digests
+from worker.observability import metrics
 from worker.settings import Settings
 from worker.stores.base import ObjectInfo
 
@@ -190,6 +191,7 @@ class Cache:
         entry = self._entry(source_id)
         meta = _read_meta(entry)
         if meta is None:
+            metrics.cache_miss()
             return None
         fresh = (
             info.version is not None
@@ -201,8 +203,10 @@ class Cache:
             try:
                 fresh = _identity(entry / "data") == meta.get("identity")
             except FileNotFoundError:
+                metrics.cache_miss()
                 return None
         if not fresh:
+            metrics.cache_miss()
             with self._locked():
                 freed = self._remove(entry)
                 if freed:
@@ -211,6 +215,7 @@ class Cache:
             return None
         d = meta["digests"]
         digests = Digests(d["md5"], d["sha1"], d["sha256"], int(meta["size"]))
+        metrics.cache_hit()
         return CachedEntry(entry, digests, str(meta["version"]))
 
     def store(self, source_id: str, info: ObjectInfo, path: Path, digests: Digests) -> bool:

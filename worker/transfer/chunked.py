@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from worker.errors import Changed, HaulError, IntegrityError
+from worker.observability.context import in_current_context
 from worker.retry import Allowance, RetryCancelled, store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.buffers import Buffer, BufferPool, Cancelled
@@ -226,7 +227,9 @@ class ChunkedDownload:
             direct_fd=self.direct_fd,
         )
         threads = [
-            threading.Thread(target=self._fetcher, name=f"haul-fetch-{i}", daemon=True)
+            threading.Thread(
+                target=in_current_context(self._fetcher), name=f"haul-fetch-{i}", daemon=True
+            )
             for i in range(self.workers)
         ]
         for t in threads:

@@ -15,7 +15,7 @@ class TransferConfig:
     chunk_size_bytes: int = 8 * MiB
     concurrency: int = 4
     multipart_threshold_bytes: int = 16 * MiB
-    files_in_flight: int = 16
+    files_in_flight: int = 64
     max_attempts: int = 5
     progress_interval_s: float = 5.0
     backoff_base_s: float = 0.2

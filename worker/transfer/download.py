@@ -40,6 +40,7 @@ from worker.errors import (
     Interrupted,
 )
 from worker.hashing import Digests, digest_bytes
+from worker.observability import metrics
 from worker.retry import Allowance, store_type_of
 from worker.stores.base import ObjectInfo, ObjectSource, StreamContext
 from worker.transfer.buffers import BufferPool
@@ -231,6 +232,7 @@ class _Job:
         try:
             verify(info, digests, self.label)
         except IntegrityError as exc:
+            metrics.checksum_mismatch(store_type_of(self.source))
             raise _Restart(exc) from None
         if body is not None:
             write_whole(self.dest, body)  # all at once: no part file for a small object

@@ -23,6 +23,7 @@ from typing import Any
 
 from worker.errors import DiskFullError
 from worker.hashing import Digests
+from worker.observability.context import in_current_context
 from worker.transfer.buffers import BufferPool
 
 
@@ -105,7 +106,10 @@ class HashWriteSink:
             ):
                 q: queue.SimpleQueue[Piece] = queue.SimpleQueue()
                 t = threading.Thread(
-                    target=self._run, args=(q, work), name=f"haul-{name}", daemon=True
+                    target=in_current_context(self._run),
+                    args=(q, work),
+                    name=f"haul-{name}",
+                    daemon=True,
                 )
                 self._queues.append(q)
                 self._threads.append(t)

@@ -29,6 +29,8 @@ from pathlib import Path
 from worker.constants import PART_SUFFIX
 from worker.errors import DestinationError, HaulError, IntegrityError
 from worker.hashing import digest_bytes
+from worker.observability import metrics
+from worker.retry import store_type_of
 from worker.stores.base import NotModified, SmallObject, SmallObjectReader
 from worker.transfer.cache import Cache, CacheBatch, CachedEntry
 from worker.transfer.download import Downloaded, drop_leftovers, source_id, verify
@@ -131,9 +133,13 @@ def fetch_small_items(
                     fallback.append(item)
                     return
                 done = reused
+                metrics.cache_hit()  # the server confirmed the held version
             else:
+                if cache is not None:
+                    metrics.cache_miss()
                 done = _settle(item, got, keep, dirs)
         except IntegrityError as exc:
+            metrics.checksum_mismatch(store_type_of(item.source))
             log.info("%s: %s; fetching it the ordinary way", item.label, exc)
             fallback.append(item)
         except HaulError as exc:

@@ -88,13 +88,14 @@ def upgrade() -> None:
         "events",
         sa.Column("id", sa.String(length=200), nullable=False),
         sa.Column("stream_id", sa.String(length=64), nullable=False),
+        sa.Column("stream_pos", sa.String(length=64), nullable=False),
         sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("subject", sa.String(length=200), nullable=True),
         sa.Column("time", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_events_subject"), ["subject"], unique=False)
+        batch_op.create_index("ix_events_subject_time", ["subject", "time"], unique=False)
         batch_op.create_index(batch_op.f("ix_events_time"), ["time"], unique=False)
 
     op.create_table(
@@ -223,6 +224,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("execution_id", "path"),
     )
     op.create_table(
+        "projects",
+        sa.Column("project_id", sa.String(length=200), nullable=False),
+        sa.PrimaryKeyConstraint("project_id"),
+    )
+    op.create_table(
         "refused",
         sa.Column("event_id", sa.String(length=200), nullable=False),
         sa.Column("execution_id", sa.String(length=200), nullable=False),
@@ -251,6 +257,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_refused_execution_id"))
 
     op.drop_table("refused")
+    op.drop_table("projects")
     op.drop_table("progress")
     with op.batch_alter_table("input_skipped", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_input_skipped_execution_id"))
@@ -279,7 +286,7 @@ def downgrade() -> None:
     op.drop_table("executions")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_events_time"))
-        batch_op.drop_index(batch_op.f("ix_events_subject"))
+        batch_op.drop_index("ix_events_subject_time")
 
     op.drop_table("events")
     with op.batch_alter_table("datums", schema=None) as batch_op:

@@ -1,0 +1,104 @@
+"""The structlog pipeline: formats, the task context in threads, redaction everywhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from io import StringIO
+
+import pytest
+import structlog
+
+from worker.logs import configure_logging, get_logger
+from worker.observability.context import bind_task, clear_task, in_current_context
+
+SECRET_URL = "https://user:hunter2@bucket.example/k?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA"
+
+
+@pytest.fixture
+def out() -> Iterator[StringIO]:
+    stream = StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield stream
+    clear_task()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    structlog.reset_defaults()
+
+
+def _lines(stream: StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_json_lines_carry_the_task_context_in_the_task_and_its_threads(out: StringIO) -> None:
+    """A stdlib record, a structlog line and a line from a thread started with the copied
+    context all carry execution_id, project_id and task; a thread without it does not."""
+    configure_logging("json", "INFO", stream=out)
+    bind_task("haul.prepare_inputs", {"execution_id": "exec-1", "project_id": "p-1"})
+    logging.getLogger("haul.test").info("from %s", "stdlib")
+    get_logger("haul.test").info("from structlog", size_bytes=3)
+    t = threading.Thread(target=in_current_context(logging.getLogger("haul.t").info), args=("x",))
+    t.start()
+    t.join()
+    bare = threading.Thread(target=logging.getLogger("haul.bare").info, args=("bare",))
+    bare.start()
+    bare.join()
+    clear_task()
+    logging.getLogger("haul.test").info("after the task")
+    lines = _lines(out)
+    assert [line["message"] for line in lines] == [
+        "from stdlib", "from structlog", "x", "bare", "after the task"
+    ]  # fmt: skip
+    for line in lines[:3]:
+        assert line["execution_id"] == "exec-1"
+        assert line["project_id"] == "p-1"
+        assert line["task"] == "haul.prepare_inputs"
+        assert line["level"] == "info" and "time" in line and "logger" in line
+    assert lines[1]["size_bytes"] == 3
+    assert "execution_id" not in lines[3] and "execution_id" not in lines[4]
+
+
+def test_console_lines_show_the_context_as_key_value(out: StringIO) -> None:
+    """Console lines are for people: the message, then the task fields as key=value."""
+    configure_logging("console", "INFO", stream=out)
+    bind_task("haul.store_outputs", {"execution_id": "exec-2", "project_id": "p-2"})
+    logging.getLogger("haul.test").warning("stored %d files", 3)
+    text = out.getvalue()
+    assert "stored 3 files" in text
+    assert "execution_id=exec-2" in text and "project_id=p-2" in text
+    assert "task=haul.store_outputs" in text
+    assert not text.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_credentials_never_reach_a_line(out: StringIO, fmt: str) -> None:
+    """Userinfo and presigned query parameters are removed from the message, from fields
+    (structlog's and stdlib ``extra``) and from tracebacks, in both formats."""
+    configure_logging(fmt, "INFO", stream=out)
+    log = logging.getLogger("haul.secret")
+    log.info("GET %s failed", SECRET_URL)
+    log.info("extra field", extra={"url": SECRET_URL})
+    get_logger("haul.secret").info("bound", url=SECRET_URL, nested={"u": [SECRET_URL]})
+    try:
+        raise RuntimeError(f"cannot read {SECRET_URL}")
+    except RuntimeError:
+        log.exception("boom")
+    text = out.getvalue()
+    for secret in ("hunter2", "deadbeef", "AKIA", "X-Amz-"):
+        assert secret not in text, text
+    assert text.count("https://bucket.example/k") >= 5
+    assert "RuntimeError" in text
+
+
+def test_redis_and_amqp_passwords_are_redacted(out: StringIO) -> None:
+    """Broker URLs with passwords (Celery's own lines name them) lose their userinfo."""
+    configure_logging("json", "INFO", stream=out)
+    logging.getLogger("celery.worker").info(
+        "Connected to amqp://guest:s3cret@127.0.0.1:5672/v and redis://:pw0rd@127.0.0.1:6379/0"
+    )
+    text = out.getvalue()
+    assert "s3cret" not in text and "pw0rd" not in text
+    assert "amqp://127.0.0.1:5672/v" in text

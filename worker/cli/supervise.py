@@ -1,0 +1,58 @@
+"""``haul worker`` with watches: two Celery workers side by side, stopped together.
+
+Watch rounds mostly wait on inotify, so ``haul.watch`` gets a Celery worker of its own with a
+threads pool of ``watch_concurrency`` (no extra processes), and the other queues keep the
+prefork pool of ``worker_concurrency``: watches never take a slot from inputs or outputs.
+The watch worker runs with ``metrics_bind`` empty: the main worker's ``/metrics`` and
+``/healthz`` stay the one endpoint (both workers reach the same broker and Redis), and the
+watch rounds' task series are not in it. SIGTERM, SIGINT and SIGQUIT are passed to both; when
+one worker ends, the other is stopped (SIGTERM: its soft shutdown, then requeue) and the exit
+code is the first non-zero one.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from types import FrameType
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def run_together(commands: list[tuple[list[str], dict[str, str] | None]]) -> int:
+    """Run every (argv, environment) at once; the first non-zero exit code (or 0)."""
+    procs = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    try:
+        first = _wait_any(procs)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [p.wait() for p in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return next((c for c in [first, *codes] if c), 0)
+
+
+def _wait_any(procs: list[subprocess.Popen[bytes]]) -> int:
+    while True:
+        for p in procs:
+            code = p.poll()
+            if code is not None:
+                return code
+        try:
+            procs[0].wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def celery_worker(queues: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, *extra]

@@ -1,0 +1,87 @@
+"""prometheus_client's multiprocess mode for the prefork pool.
+
+Each pool process writes its samples to memory-mapped files in one folder; the main process
+reads them all when ``/metrics`` is asked. The folder is per worker (its main pid), so two
+workers sharing a data_dir never read each other's files, and it starts empty.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+_PID_IN_NAME = re.compile(r"_(\d+)\.db$")
+
+
+def folder_for(data_dir: Path, pid: int) -> Path:
+    return data_dir / "run" / f"metrics-{pid}"
+
+
+def prepare(data_dir: Path) -> Path:
+    """Make this worker's empty folder and point prometheus_client at it.
+
+    The one environment write in haul: prometheus_client reads the folder from the environment
+    when the first metric is made, and the pool's children must inherit it, so it is set here,
+    at the worker's entry point, before the pool forks. Folders of workers that no longer run
+    are removed on the way.
+    """
+    pid = os.getpid()
+    path = folder_for(data_dir, pid)
+    for old in path.parent.glob("metrics-*"):
+        other = old.name.removeprefix("metrics-")
+        if old != path and other.isdigit() and not _alive(int(other)):
+            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[ENV] = str(path)
+    return path
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def registry(path: Path) -> CollectorRegistry:
+    """A registry that reads every process's files (what the main process exposes)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, path=str(path))  # type: ignore[no-untyped-call]
+    return reg
+
+
+def process_exited(pid: int, path: Path) -> None:
+    """Drop a gone process's live gauges (its counters stay: totals never go down)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+
+
+def sweep(path: Path) -> list[int]:
+    """Mark every process that wrote here and no longer runs (a child killed with -9)."""
+    gone = set()
+    for db in path.glob("gauge_live*.db"):
+        m = _PID_IN_NAME.search(db.name)
+        if m and not _alive(int(m.group(1))):
+            gone.add(int(m.group(1)))
+    for pid in gone:
+        process_exited(pid, path)
+    return sorted(gone)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -29,7 +29,7 @@ def main() -> None:
     runtime = Runtime.from_settings(settings)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     spec = InputSpec(name="x", urls=[f"file://{store_root}/data/**"], keep_directories="full")
-    files, _ = plan_input(runtime, spec)
+    files, _ = plan_input(runtime, spec, "p")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"PLANNED {len(files)} {before} {peak}", flush=True)
 

@@ -218,7 +218,7 @@ def test_haul_worker_runs_watches_in_a_pool_of_their_own(
         assert state == "SUCCESS" and summary["files"] == 1
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)  # Celery's cold-shutdown exit code, from whichever worker ended first
-        assert text().count("Cold shutdown (MainProcess)") == 2
+        assert text().count("Cold shutdown (MainProcess)") >= 2  # both workers stopped
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -1,11 +1,13 @@
 """A download in a child process (resume and memory tests): ``python -m tests.engine._child``.
 
-Arguments: URL DEST CHUNK_BYTES CONCURRENCY. Prints ``DONE <md5> <maxrss KiB>`` at the end.
+Arguments: URL DEST CHUNK_BYTES CONCURRENCY. Prints ``DONE <md5> <peak RSS KiB>`` at the end.
+
+The peak is ``VmHWM`` of this process's own address space, not ``ru_maxrss``: Linux carries
+``ru_maxrss`` over fork and exec, so a child of a large pytest process reported the parent's size.
 """
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 
@@ -23,8 +25,14 @@ def main() -> None:
     )
     with HttpSource(allow_private=True) as source:
         got = download(source, url, Path(dest), cfg)
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"DONE {got.digests.md5} {maxrss}", flush=True)
+    print(f"DONE {got.digests.md5} {_peak_rss_kib()}", flush=True)
+
+
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 ``python -m tests.hostile._plan_child STORE_ROOT DATA_DIR``.
 
 Prints ``PLANNED <files> <rss before KiB> <peak rss KiB>``. Planning reads only the local
-store; Redis is never contacted (its URL points nowhere on purpose).
+store; Redis is never contacted (its URL points nowhere on purpose). Peaks are ``VmHWM`` of
+this process's own address space: ``ru_maxrss`` is carried over fork and exec on Linux, so in a
+large pytest process it would start at the parent's size and hide the planner's growth.
 """
 
 from __future__ import annotations
 
-import resource
 import sys
+from pathlib import Path
 
 from worker.models import InputSpec
 from worker.pipeline.plan import plan_input
@@ -27,11 +29,18 @@ def main() -> None:
         }
     )
     runtime = Runtime.from_settings(settings)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     spec = InputSpec(name="x", urls=[f"file://{store_root}/data/**"], keep_directories="full")
     files, _ = plan_input(runtime, spec, "p")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kib()
     print(f"PLANNED {len(files)} {before} {peak}", flush=True)
+
+
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":

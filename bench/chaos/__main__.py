@@ -42,6 +42,9 @@ class Chaos:
     crashes: list[str] = field(default_factory=list)
     steps_done: int = 0
     log: list[str] = field(default_factory=list)
+    #: set while the killer, past its gap, waits for work in flight: only then may an
+    #: execution be sent early (else a fast machine finished every execution during a gap)
+    killer_ready: threading.Event = field(default_factory=threading.Event)
 
 
 def plan(kills: int) -> list[str]:
@@ -70,9 +73,11 @@ def _killer(
         # when nothing is in flight (may_send), so the killer never waits for work forever.
         if stop.wait(rnd.uniform(*gap_s)):
             return
+        chaos.killer_ready.set()
         while orch.outcomes() < (n - 1) * total // len(steps) or orch.active() == 0:
             if orch.finished() or stop.wait(0.01):
                 return
+        chaos.killer_ready.clear()
         at = f"{time.monotonic() - started:7.1f}s"
         busy = orch.active() > 0
         if step == "redis":
@@ -181,7 +186,8 @@ def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
 
             def may_send(i: int) -> bool:
                 due = -(-i * len(steps) // args.executions)  # ceil(i * L / N)
-                return chaos.steps_done >= due or orch.active() == 0 or not killer.is_alive()
+                idle = orch.active() == 0 and chaos.killer_ready.is_set()
+                return chaos.steps_done >= due or idle or not killer.is_alive()
 
             orch.may_send = may_send
             worker.start()

@@ -60,6 +60,10 @@ def start_serving(settings: Settings) -> _Serving | None:
     from worker.observability.server import MetricsServer
 
     folder = multiproc.prepare(settings.data_dir)
+    # The one environment write in haul, here at the worker's start (celeryd_init): only the
+    # environment tells prometheus_client where to write, and the pool's children must inherit
+    # it, so it is set before the pool forks.
+    os.environ[multiproc.ENV] = str(folder)
     health = Health(probes_for(settings.effective_broker_url, settings.redis_url))
     try:
         server = MetricsServer(settings.metrics_bind, folder, health)

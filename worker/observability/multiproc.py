@@ -25,12 +25,9 @@ def folder_for(data_dir: Path, pid: int) -> Path:
 
 
 def prepare(data_dir: Path) -> Path:
-    """Make this worker's empty folder and point prometheus_client at it.
+    """Make this worker's empty folder (the caller points prometheus_client at it).
 
-    The one environment write in haul: prometheus_client reads the folder from the environment
-    when the first metric is made, and the pool's children must inherit it, so it is set here,
-    at the worker's entry point, before the pool forks. Folders of workers that no longer run
-    are removed on the way.
+    Folders of workers that no longer run are removed on the way.
     """
     pid = os.getpid()
     path = folder_for(data_dir, pid)
@@ -40,7 +37,6 @@ def prepare(data_dir: Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
-    os.environ[ENV] = str(path)
     return path
 
 

@@ -466,6 +466,10 @@ def _nothing(_b: _Batch, _ev: Event) -> None:
 def _progress(b: _Batch, ev: Event) -> None:
     d = ev.data
     assert isinstance(d, m.TransferProgress)
+    # A report makes its execution known: the first file's own event comes only when that
+    # file is complete, and its progress is what the details page must show before that.
+    # Idempotent (times are min/max, no counts, no status), so repeats need no claim.
+    b.execution(d.execution_id, ev, None)
     key = (d.execution_id, d.path[:1000])
     row = {"execution_id": key[0], "path": key[1], "bytes_done": d.bytes_done,
            "bytes_total": d.bytes_total, "rate_bytes_s": d.rate_bytes_s, "eta_s": d.eta_s,

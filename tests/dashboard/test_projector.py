@@ -202,6 +202,27 @@ def test_progress_keeps_the_newest_report(engine: Engine) -> None:
     assert Queries(engine).execution("e1").progress == []
 
 
+def test_progress_before_any_file_shows_the_execution(engine: Engine) -> None:
+    """A first file still downloading: its reports alone list the execution as preparing,
+    with the transfer; the later events fill in the project and end the transfer."""
+    p = Projector(engine)
+    data = m.TransferProgress(execution_id="e1", path="big.bin", bytes_done=30,
+                              bytes_total=100, rate_bytes_s=1.0, eta_s=70.0)  # fmt: skip
+    report = f.entry(f.raw(c.EV_PROGRESS, data, "e1", at=1))
+    p.project([report])
+    p.project([report])  # a repeat changes nothing
+    q = Queries(engine)
+    [item] = q.executions().items
+    assert (item.execution_id, item.status, item.project_id) == ("e1", "preparing", None)
+    assert (item.inputs.files, item.inputs.bytes) == (0, 0)
+    assert [x.bytes_done for x in q.execution("e1").progress] == [30]
+    p.project([f.entry(f.downloaded("e1", "p", U, "v1", at=2)),
+               f.entry(f.ready("e1", "p", 1, 10, at=3))])  # fmt: skip
+    details = q.execution("e1")
+    assert (details.project_id, details.status, details.progress) == ("p", "inputs_ready", [])
+    assert (details.inputs_count.files, len(q.executions().items)) == (1, 1)
+
+
 def test_summary_totals_win_over_per_file_events_in_any_order(engine: Engine) -> None:
     """inputs.ready's totals are shown even when a download event is projected after it."""
     p = Projector(engine)

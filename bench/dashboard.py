@@ -2,7 +2,8 @@
 
 Synthetic events for N executions (default 100 000, about 15 events each) are generated in the
 contract's shape (``worker.events.event_id`` ids, the event models' fields), serialised to JSON
-as they sit on the stream, and projected in batches of 500 exactly as the consumer does:
+as they sit on the stream, and projected in batches of ``consumer.BATCH`` (2 000) exactly as
+the consumer does:
 ``parse_entry`` (JSON + the worker's pydantic models) and ``Projector.project`` (one
 transaction per batch). Redis is left out on purpose: this measures the read model.
 
@@ -36,6 +37,7 @@ from sqlalchemy import text
 
 from dashboard.app import WebContext, create_app
 from dashboard.auth import Guard
+from dashboard.consumer import BATCH as CONSUMER_BATCH
 from dashboard.db import make_engine, migrate
 from dashboard.parse import parse_entry
 from dashboard.projector import Projector
@@ -44,7 +46,7 @@ from dashboard.views import Health
 from worker import constants as c
 from worker.events import event_id
 
-BATCH = 500
+BATCH = CONSUMER_BATCH  # what the consumer reads per XREADGROUP and projects per transaction
 PROJECTS = 20
 INPUTS = 10
 OUTPUTS = 2

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 Entries = list[tuple[str, dict[str, str]]]
 _MAX_BACKOFF_S = 5.0
+#: entries per XREADGROUP, and so per projector transaction. Measured on SQLite at 30 000
+#: executions: 500 -> 2 000 took the projector from 12 900 to 15 300 events/s (fewer commits,
+#: pages shared by more rows per commit); 5 000 gave 17 800 but holds more per batch in memory
+#: and in the pending list. With no backlog a read returns what there is, so it adds no delay.
+BATCH = 2000
 
 
 def consumer_name() -> str:
@@ -78,7 +83,7 @@ class Consumer:
         stream: str,
         group: str,
         name: str | None = None,
-        batch: int = 500,
+        batch: int = BATCH,
         block_ms: int = 1000,
         claim_idle_ms: int = 60_000,
     ) -> None:

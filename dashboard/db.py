@@ -1,9 +1,18 @@
 """The database: engine creation and Alembic migrations, run once at start.
 
-SQLite gets WAL (readers never wait for the projector) and ``synchronous=NORMAL`` (a crash
-may lose the last transactions, which the consumer re-reads because it acks only after the
-commit). Replicas sharing one PostgreSQL take an advisory lock around the migration, so two
-starting at once do not both create the tables.
+SQLite gets WAL (readers never wait for the projector) and ``synchronous=FULL``: the consumer
+acknowledges a batch right after its commit, so the commit must survive an OS crash or a power
+loss too (with ``NORMAL`` it survives only a crash of the process, and a lost commit whose
+entries were acknowledged would be history missing without a gap). Measured at 30 000
+executions with batches of 2 000 events, ``FULL`` cost nothing visible (one fsync of the WAL
+per batch). A 64 MiB page cache per connection (SQLite's default is 2 MiB; the read model's
+random-key indexes, event ids and hashes, do not fit that) and a WAL checkpoint every 16 384
+pages instead of 1 000 (a batch dirties several thousand pages, so the default checkpointed,
+with its fsync, on every commit and wrote each page twice) took the projector from 12 300 to
+15 300-16 800 events/s and its writes from 8.7 to 6.2 GB (docs/dashboard.md).
+
+Replicas sharing one PostgreSQL take an advisory lock around the migration, so two starting at
+once do not both create the tables.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from sqlalchemy.engine import make_url
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_KEY = 0x6861756C  # "haul"
+#: an upper bound per connection (pages are cached as they are read), not an allocation
+_SQLITE_CACHE_KIB = 64 * 1024
+_SQLITE_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
 
 
 def make_engine(url: str) -> Engine:
@@ -37,8 +49,10 @@ def make_engine(url: str) -> Engine:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
+    cur.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_CHECKPOINT_PAGES}")
     cur.close()
 
 

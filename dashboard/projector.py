@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -137,6 +137,13 @@ class Projector:
         # (a multi-row ``.values(rows)`` would be compiled anew for every batch).
         events, execs = table_of(EventRow), table_of(Execution)
         self._claim_stmt = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
+        self._pg_claim_stmt = text(
+            "INSERT INTO events (id, stream_id, stream_pos, type, subject, time) "
+            "SELECT * FROM unnest(CAST(:id AS varchar[]), CAST(:stream_id AS varchar[]), "
+            "CAST(:stream_pos AS varchar[]), CAST(:type AS varchar[]), "
+            "CAST(:subject AS varchar[]), CAST(:time AS timestamp[])) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
         self._exec_stmt = self._insert(execs).on_conflict_do_nothing()
         self._project_stmt = self._insert(table_of(Project)).on_conflict_do_nothing()
         self._datum_stmt = self._datum_upsert()
@@ -196,8 +203,17 @@ class Projector:
              "type": ev.type, "subject": ev.subject, "time": ev.time}
             for ev in sorted(first.values(), key=lambda e: e.id)
         ]  # fmt: skip
-        for chunk in _chunks(rows):
-            claimed.update(conn.execute(self._claim_stmt, chunk).scalars())
+        if self._pg:
+            # One statement over arrays: an executemany with RETURNING becomes multi-row
+            # VALUES statements too long for psycopg's query cache, which it then parsed anew
+            # (measured: a third of the projector's CPU on PostgreSQL). Same conflict rule,
+            # same id order (sorted), so the same waits and no new deadlocks between replicas.
+            columns = ("id", "stream_id", "stream_pos", "type", "subject", "time")
+            arrays = {k: [r[k] for r in rows] for k in columns}
+            claimed.update(conn.execute(self._pg_claim_stmt, arrays).scalars())
+        else:
+            for chunk in _chunks(rows):
+                claimed.update(conn.execute(self._claim_stmt, chunk).scalars())
         return [ev for ev in first.values() if ev.id in claimed]
 
     def _flush(self, conn: Connection, batch: _Batch) -> None:

@@ -190,6 +190,8 @@ def latencies(url: str, executions: int, requests: int) -> dict[str, dict[str, f
             "listing, project+status filter": (
                 "/api/executions", {"project": "proj-07", "status": "inputs_failed"}),
             "listing, warnings only": ("/api/executions", {"warnings": "true"}),
+            "listing, project+warnings": (
+                "/api/executions", {"project": "proj-05", "warnings": "true"}),
             "listing, deep cursor (middle)": ("/api/executions", {"cursor": cursor}),
             "listing page (HTML)": ("/executions", {}),
             "details API": (f"/api/executions/{middle}", {}),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -131,6 +132,7 @@ def project_all(url: str, executions: int) -> dict[str, float]:
     engine = make_engine(url)
     migrate(engine)
     projector = Projector(engine)
+    load_before = os.getloadavg()[0]
     events = 0
     busy = 0.0
     cpu = 0.0
@@ -145,8 +147,10 @@ def project_all(url: str, executions: int) -> dict[str, float]:
     engine.dispose()
     # CPU seconds of this process too: on a shared machine the wall clock also measures the
     # neighbours (PostgreSQL's own CPU is not in it).
+    # The 1-minute load average around the run: what the wall clock shared the cores with.
     return {"events": events, "project_s": busy, "wall_s": wall, "events_per_s": events / busy,
-            "events_per_cpu_s": events / cpu}  # fmt: skip
+            "events_per_cpu_s": events / cpu, "cpu_s": cpu,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}  # fmt: skip
 
 
 def _serve(url: str) -> tuple[uvicorn.Server, str, threading.Thread]:
@@ -268,6 +272,11 @@ def render(results: dict[str, Any]) -> str:
         f"{d['projector']['events_per_s']:,.0f}" for d in dbs.values()) + " |")  # fmt: skip
     lines.append("| projector events per CPU second of the projecting process | " + " | ".join(
         f"{d['projector']['events_per_cpu_s']:,.0f}" for d in dbs.values()) + " |")  # fmt: skip
+    lines.append("| projector CPU seconds (user + system, this process) | " + " | ".join(
+        f"{d['projector']['cpu_s']:,.1f}" for d in dbs.values()) + " |")  # fmt: skip
+    lines.append("| load average (1 min) before / after projecting | " + " | ".join(
+        f"{d['projector']['load_before']:.2f} / {d['projector']['load_after']:.2f}"
+        for d in dbs.values()) + " |")  # fmt: skip
     names = next(iter(dbs.values()))["latency"]
     for name in names:
         lines.append(f"| {name}: p50 / p95 ms | " + " | ".join(

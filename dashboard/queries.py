@@ -93,7 +93,9 @@ class Queries:
         if status:
             query = query.where(t.c.status == status)
         if warnings is not None:
-            query = query.where(t.c.has_warning.is_(warnings))
+            # "=", not "IS": PostgreSQL cannot search an index with IS TRUE (measured: a
+            # backward scan of every execution, filtered, instead of the warning index).
+            query = query.where(t.c.has_warning == warnings)
         if cursor:
             query = query.where(t.c.seq < decode_cursor(cursor))
         with self.engine.connect() as conn:

@@ -4,8 +4,10 @@ N executions (large and small inputs from nginx, large and small outputs to a lo
 through one real worker (prefork, 2 children) on a Redis this script starts on a free port with
 AOF on. Meanwhile K SIGKILLs land at random moments (seeded), on a pool child or on the main
 process (the script then starts a new worker), and Redis is restarted twice (SHUTDOWN with its
-AOF, same port). The orchestrator sends each message once; bringing every execution to its
-outcome is haul's job. At the end it prints the figures of :mod:`bench.chaos.audit` and exits
+AOF, same port). The orchestrator sends each message once, and again only when
+:mod:`worker.delivery` finds it nowhere (a main process killed in kombu's BRPOP window;
+``--no-resend`` turns that off); everything else that brings an execution to its outcome is
+haul's job. At the end it prints the figures of :mod:`bench.chaos.audit` and exits
 0 only when lost executions, partial files, duplicate datums, conflicting records and
 conflicting events are all zero. Bounded by ``--max-seconds``; it stops by itself.
 """

@@ -4,8 +4,9 @@ Every execution reads the same inputs from nginx (one large object, fetched in p
 chunks, and a few small ones) and then stores its own outputs (one large, a few small; each
 execution's bytes differ, so every upload really sends). The orchestrator keeps a few
 executions in flight, follows the events stream (reconnecting while Redis restarts), sends
-``haul.store_outputs`` once an execution's inputs are ready, and never resends a message:
-getting every execution to its outcome after a kill is haul's job (redelivery, leases).
+``haul.store_outputs`` once an execution's inputs are ready, and sends a message again only
+when :mod:`worker.delivery` finds it nowhere (what docs/operating.md asks of an orchestrator on
+Redis); everything else after a kill is haul's job (redelivery, leases).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from celery.signals import (
     worker_ready,
 )
 
-from tasks import observe
+from tasks import observe, transport
 from tasks.config import celery_config
 from tasks.runner import ProcessRuntime, reject_undecodable, run_task
 from worker.logs import configure_logging
@@ -29,6 +29,8 @@ from worker.settings import Settings
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``, with every job of ``JOBS`` as a task."""
+    # kombu's Redis channel must not reconnect once closed (a worker exit on a Redis restart)
+    transport.install()
     app = Celery("haul", set_as_current=False)
     app.conf.update(celery_config(settings))
     runtime = ProcessRuntime(settings)

@@ -4,8 +4,10 @@ N executions (large and small inputs from nginx, large and small outputs to a lo
 through one real worker (prefork, 2 children) on a Redis this script starts on a free port with
 AOF on. Meanwhile K SIGKILLs land at random moments (seeded), on a pool child or on the main
 process (the script then starts a new worker), and Redis is restarted twice (SHUTDOWN with its
-AOF, same port). The orchestrator sends each message once; bringing every execution to its
-outcome is haul's job. At the end it prints the figures of :mod:`bench.chaos.audit` and exits
+AOF, same port). The orchestrator sends each message once, and again only when
+:mod:`worker.delivery` finds it nowhere (a main process killed in kombu's BRPOP window;
+``--no-resend`` turns that off); everything else that brings an execution to its outcome is
+haul's job. At the end it prints the figures of :mod:`bench.chaos.audit` and exits
 0 only when lost executions, partial files, duplicate datums, conflicting records and
 conflicting events are all zero. Bounded by ``--max-seconds``; it stops by itself.
 """
@@ -13,12 +15,14 @@ conflicting events are all zero. Bounded by ``--max-seconds``; it stops by itsel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +30,9 @@ from bench import nginx
 from bench.chaos.audit import Figures, audit
 from bench.chaos.cluster import Worker
 from bench.chaos.load import Corpus, Execution, MiB, Orchestrator
+from bench.chaos.trace import Monitor, trace_lost
 from bench.chaos.watch import Watcher
+from tests.support.rabbitmq import new_vhost_name, rabbitmq_vhost
 from tests.support.servers import RedisServer, redis_server
 
 
@@ -41,17 +47,22 @@ class Chaos:
     #: the worker's main process exited by itself (restarted, as a supervisor would)
     crashes: list[str] = field(default_factory=list)
     steps_done: int = 0
+    #: task ids the orchestrator sent again because worker.delivery found them nowhere
+    resent: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    #: (time.monotonic(), what) of every kill and restart, for the trace of a lost execution
+    timeline: list[tuple[float, str]] = field(default_factory=list)
     #: set while the killer, past its gap, waits for work in flight: only then may an
     #: execution be sent early (else a fast machine finished every execution during a gap)
     killer_ready: threading.Event = field(default_factory=threading.Event)
 
 
-def plan(kills: int) -> list[str]:
-    """K kills with the two Redis restarts at about a third and two thirds of the way."""
+def plan(kills: int, restarts: int = 2) -> list[str]:
+    """K kills with R Redis restarts spread evenly among them (two: at about a third and two
+    thirds of the way)."""
     steps = ["kill"] * kills
-    steps.insert((2 * kills) // 3, "redis")
-    steps.insert(kills // 3, "redis")
+    for n in range(restarts, 0, -1):
+        steps.insert((n * kills) // (restarts + 1), "redis")
     return steps
 
 
@@ -62,6 +73,7 @@ def _killer(
     steps: list[str],
     rnd: random.Random,
     gap_s: tuple[float, float],
+    main_share: float,
     stop: threading.Event,
     chaos: Chaos,
 ) -> None:
@@ -74,19 +86,26 @@ def _killer(
         if stop.wait(rnd.uniform(*gap_s)):
             return
         chaos.killer_ready.set()
-        while orch.outcomes() < (n - 1) * total // len(steps) or orch.active() == 0:
-            if orch.finished() or stop.wait(0.01):
+        # Once every execution has its outcome the remaining steps are made at once (counted
+        # in kills made, not in kills_busy): the plan is always carried out whole.
+        while not orch.finished() and (
+            orch.outcomes() < (n - 1) * total // len(steps) or orch.active() == 0
+        ):
+            if stop.wait(0.01):
                 return
         chaos.killer_ready.clear()
-        at = f"{time.monotonic() - started:7.1f}s"
+        now = time.monotonic()
+        at = f"{now - started:7.1f}s"
         busy = orch.active() > 0
         if step == "redis":
+            chaos.timeline.append((now, "redis restart"))
             redis_srv.restart()
             chaos.redis_restarts += 1
             chaos.steps_done += 1
             chaos.log.append(f"{at} redis restarted")
             continue
-        if rnd.random() < 0.3:
+        if rnd.random() < main_share:
+            chaos.timeline.append((now, "SIGKILL main"))
             victim = worker.kill_main_and_restart()
             chaos.kills_main += 1
             chaos.log.append(f"{at} SIGKILL main {victim}; new worker {worker.pid}")
@@ -96,6 +115,7 @@ def _killer(
                 chaos.kills_missed += 1
                 chaos.steps_done += 1
                 continue
+            chaos.timeline.append((now, "SIGKILL child"))
             chaos.kills_child += 1
             chaos.log.append(f"{at} SIGKILL pool child {child}")
         chaos.kills_busy += busy
@@ -119,12 +139,14 @@ def _report(fig: Figures, chaos: Chaos, args: argparse.Namespace, seconds: float
 
     lines = [
         f"chaos run: executions={args.executions} kills={args.kills} seed={args.seed} "
-        f"big={args.big_mib} MiB, {seconds:.0f} s",
+        f"big={args.big_mib} MiB broker={args.broker}"
+        f"{' (no resend)' if args.no_resend else ''}, {seconds:.0f} s",
         f"  kills made                 {chaos.kills_child + chaos.kills_main} "
         f"({chaos.kills_child} pool children, {chaos.kills_main} main processes; "
         f"{chaos.kills_busy} while executions were in flight)",
         f"  redis restarts             {chaos.redis_restarts}",
         f"  worker exits by itself     {many(chaos.crashes)}",
+        f"  messages found nowhere, resent {many(chaos.resent)}",
         f"  executions done            {fig.done}/{fig.executions}",
         f"  failed with a code         {many(fig.failed)}",
         f"  lost executions            {many(fig.lost)}",
@@ -133,8 +155,19 @@ def _report(fig: Figures, chaos: Chaos, args: argparse.Namespace, seconds: float
         f"  conflicting records        {many(fig.conflicting_records)}",
         f"  events, id repeated w/ other data {many(fig.conflicting_events)}",
         f"  events                     {fig.events} ({fig.events_repeated} ids published again)",
+        *(f"  trace: {line}" for line in fig.trace),
     ]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _broker(kind: str, redis_srv: RedisServer) -> Iterator[str]:
+    """The broker's URL: the run's own Redis, or a fresh vhost on the machine's RabbitMQ."""
+    if kind == "redis":
+        yield redis_srv.url
+        return
+    with rabbitmq_vhost(new_vhost_name("haul-chaos")) as url:
+        yield url
 
 
 def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
@@ -176,13 +209,16 @@ def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
         with (
             redis_server(base / "redis", appendonly=True) as redis_srv,
             nginx.serve(www, "chaos") as web,
+            _broker(args.broker, redis_srv) as broker_url,
         ):
-            worker = Worker(redis_srv.url, data_dir, env, base / "worker.log")
+            worker = Worker(redis_srv.url, data_dir, env, base / "worker.log", broker_url)
             watcher = Watcher([data_dir / "executions", store_root], expected, seed=args.seed)
+            monitor = Monitor(redis_srv.url) if args.trace else None
             orch = Orchestrator(
-                redis_srv.url, data_dir, web.base_url, corpus, args.executions, 4, on_outputs
-            )
-            steps = plan(args.kills)
+                redis_srv.url, data_dir, web.base_url, corpus, args.executions, 4, on_outputs,
+                broker_url=broker_url, resend=not args.no_resend,
+            )  # fmt: skip
+            steps = plan(args.kills, args.redis_restarts)
 
             def may_send(i: int) -> bool:
                 due = -(-i * len(steps) // args.executions)  # ceil(i * L / N)
@@ -190,12 +226,14 @@ def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
                 return chaos.steps_done >= due or idle or not killer.is_alive()
 
             orch.may_send = may_send
+            if monitor is not None:
+                monitor.start()
             worker.start()
             watcher.start()
             killer = threading.Thread(
                 target=_killer,
                 args=(worker, redis_srv, orch, steps, rnd,
-                      (args.min_gap_s, args.max_gap_s), stop, chaos),
+                      (args.min_gap_s, args.max_gap_s), args.main_share, stop, chaos),
                 daemon=True,
             )  # fmt: skip
             killer.start()
@@ -214,10 +252,18 @@ def run(args: argparse.Namespace) -> tuple[Figures, Chaos, float]:
                 supervisor.join(120)
                 watcher.stop()
                 worker.stop()
+                if monitor is not None:
+                    monitor.stop()
             seconds = time.monotonic() - started
             chaos.crashes = list(worker.crashes)
+            chaos.resent = list(orch.check.resent) if orch.check is not None else []
             fig = audit(redis_srv.url, data_dir, store_root, corpus, orch.executions,
                         watcher.partial)  # fmt: skip
+            lost = [
+                e for e in orch.executions.values() if e.phase in ("new", "preparing", "storing")
+            ]
+            fig.trace = trace_lost(redis_srv.url, base / "worker.log", lost, chaos.timeline,
+                                   monitor, time.time() - time.monotonic())  # fmt: skip
             if args.verbose:
                 print("\n".join(chaos.log), file=sys.stderr)
                 print(f"watcher: {watcher.samples} sweeps, {watcher.files_checked} file checks",
@@ -239,13 +285,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-gap-s", type=float, default=0.1, help="shortest pause between kills")
     p.add_argument("--max-gap-s", type=float, default=1.0, help="longest pause between kills")
     p.add_argument("--max-seconds", type=float, default=900.0, help="stop by itself after this")
+    p.add_argument("--redis-restarts", type=int, default=2, help="Redis restarts among the kills")
+    p.add_argument(
+        "--main-share",
+        type=float,
+        default=0.3,
+        help="share of the kills that hit the main process (the rest: a pool child)",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="follow Redis MONITOR to trace a lost execution's message",
+    )
+    p.add_argument(
+        "--broker",
+        choices=("redis", "amqp"),
+        default="redis",
+        help="amqp: the machine's RabbitMQ (a vhost of the run's own); Redis "
+        "still holds events, leases and results, and is still restarted",
+    )
+    p.add_argument(
+        "--no-resend",
+        action="store_true",
+        help="the orchestrator never sends a message again (worker.delivery off)",
+    )
     p.add_argument("--work-dir", default=None, help="where the scratch folder goes")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     p.add_argument("-v", "--verbose", action="store_true", help="print every kill")
     args = p.parse_args(argv)
     fig, chaos, seconds = run(args)
     print(_report(fig, chaos, args, seconds))
-    return 0 if fig.zero() and chaos.redis_restarts == 2 else 1
+    return 0 if fig.zero() and chaos.redis_restarts == args.redis_restarts else 1
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class Figures:
     conflicting_events: list[str] = field(default_factory=list)
     events: int = 0
     events_repeated: int = 0
+    #: where each lost execution's messages went (bench.chaos.trace), printed after the figures
+    trace: list[str] = field(default_factory=list)
 
     def zero(self) -> bool:
         return not (

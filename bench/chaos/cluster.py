@@ -47,9 +47,14 @@ class Worker:
     """``celery -A tasks worker`` in its own session; ``kill_*`` never touch anything else."""
 
     def __init__(
-        self, redis_url: str, data_dir: Path, env: Mapping[str, str], log_path: Path
+        self,
+        redis_url: str,
+        data_dir: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        broker_url: str | None = None,
     ) -> None:
-        self._env = worker_env(redis_url, data_dir, env)
+        self._env = worker_env(redis_url, data_dir, env, broker_url)
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._groups: list[int] = []
@@ -116,6 +121,9 @@ class Worker:
                 victim = proc.pid
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+            elif proc is not None:
+                # it had exited by itself before the supervisor saw it: still a crash
+                self.crashes.append(f"exit {proc.returncode}: {self._last_critical()}")
             self.start()
             return victim
 

@@ -4,8 +4,9 @@ Every execution reads the same inputs from nginx (one large object, fetched in p
 chunks, and a few small ones) and then stores its own outputs (one large, a few small; each
 execution's bytes differ, so every upload really sends). The orchestrator keeps a few
 executions in flight, follows the events stream (reconnecting while Redis restarts), sends
-``haul.store_outputs`` once an execution's inputs are ready, and never resends a message:
-getting every execution to its outcome after a kill is haul's job (redelivery, leases).
+``haul.store_outputs`` once an execution's inputs are ready, and sends a message again only
+when :mod:`worker.delivery` finds it nowhere (what docs/operating.md asks of an orchestrator on
+Redis); everything else after a kill is haul's job (redelivery, leases).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from worker.constants import (
     TASK_QUEUES,
     TASK_STORE_OUTPUTS,
 )
+from worker.delivery import DeliveryCheck, Sent
 
 MiB = 1024 * 1024
 PROJECT = "chaos"
@@ -82,6 +84,11 @@ class Execution:
     error: dict[str, Any] | None = None
     #: sha256 -> (name, bytes) of its outputs, once they are written
     outputs: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    #: every message sent for it: (task name, Celery task id, time.monotonic() when sent);
+    #: the audit traces a lost execution's message through the broker and the worker's log
+    sent: list[tuple[str, str, float]] = field(default_factory=list)
+    #: the message it waits on, as worker.delivery checks it
+    waiting: Sent | None = None
 
 
 class Orchestrator:
@@ -96,6 +103,8 @@ class Orchestrator:
         executions: int,
         in_flight: int,
         on_outputs: Callable[[Execution], None],
+        broker_url: str | None = None,
+        resend: bool = True,
     ) -> None:
         self.redis_url = redis_url
         self.data_dir = data_dir
@@ -106,8 +115,23 @@ class Orchestrator:
         self.executions = {
             eid: Execution(eid) for eid in (f"chaos-{n:04d}" for n in range(executions))
         }
-        self.client = Celery("chaos-orchestrator", broker=redis_url)
-        self.client.conf.update(task_serializer="json", accept_content=["json"])
+        broker_url = broker_url or redis_url
+        amqp = broker_url.startswith("amqp")
+        self.client = Celery("chaos-orchestrator", broker=broker_url)
+        self.client.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            # what docs/operating.md asks of a RabbitMQ client: haul's queues are quorum queues
+            task_create_missing_queue_type="quorum" if amqp else "classic",
+            broker_transport_options={"confirm_publish": True} if amqp else {},
+        )
+        #: what docs/operating.md asks of an orchestrator on a Redis broker: a message found
+        #: nowhere (a worker's main process killed in kombu's BRPOP window) is sent again
+        self.check: DeliveryCheck | None = None
+        if resend:
+            results = redis.Redis.from_url(redis_url, socket_timeout=5)
+            broker = None if amqp else redis.Redis.from_url(broker_url, socket_timeout=5)
+            self.check = DeliveryCheck(broker, results)
         #: may execution number i be sent now? (the killer holds work back to stay in step)
         self.may_send: Callable[[int], bool] = lambda _i: True
         self._last_id = "0-0"
@@ -124,10 +148,12 @@ class Orchestrator:
         )
         return {"execution_id": eid, "project_id": PROJECT, "inputs": inputs}
 
-    def _send(self, task: str, message: dict[str, Any], deadline: float) -> None:
+    def _send(self, ex: Execution, task: str, message: dict[str, Any], deadline: float) -> None:
         while True:
             try:
-                self.client.send_task(task, args=[message], queue=TASK_QUEUES[task])
+                result = self.client.send_task(task, args=[message], queue=TASK_QUEUES[task])
+                ex.sent.append((task, result.id, time.monotonic()))
+                ex.waiting = Sent(task, result.id, TASK_QUEUES[task], message)
                 return
             except Exception:
                 self.redis_errors += 1
@@ -144,6 +170,22 @@ class Orchestrator:
             tmp.write_bytes(data)
             os.replace(tmp, out / name)  # the program's outputs appear whole
         self.on_outputs(ex)
+
+    def _resend(self, sent: Sent) -> None:
+        self.client.send_task(
+            sent.task, args=[sent.message], queue=sent.queue, task_id=sent.task_id
+        )
+
+    def _check_delivery(self) -> None:
+        """Every in-flight execution's message: resent when found nowhere (worker.delivery)."""
+        if self.check is None:
+            return
+        for ex in self.executions.values():
+            if ex.phase in ("preparing", "storing") and ex.waiting is not None:
+                try:
+                    self.check.resend_if_lost(ex.waiting, self._resend)
+                except (redis.RedisError, OSError):
+                    self.redis_errors += 1  # Redis restarting: look again next time
 
     # -- events ------------------------------------------------------------------------------
 
@@ -165,7 +207,7 @@ class Orchestrator:
             ex.phase = "storing"
             self._write_outputs(ex)
             message = {"execution_id": ex.execution_id, "project_id": PROJECT}
-            self._send(TASK_STORE_OUTPUTS, message, deadline)
+            self._send(ex, TASK_STORE_OUTPUTS, message, deadline)
         elif kind == EV_INPUTS_FAILED and ex.phase == "preparing":
             ex.phase, ex.error = "inputs_failed", ev["data"].get("error")
         elif kind == EV_OUTPUTS_STORED and ex.phase == "storing":
@@ -187,12 +229,18 @@ class Orchestrator:
         r = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
         pending = [e for e in self.executions.values() if e.phase == "new"]
         sent = len(self.executions) - len(pending)
+        next_check = time.monotonic()
         while not stop.is_set() and time.monotonic() < deadline and not self.finished():
+            if time.monotonic() >= next_check:
+                self._check_delivery()
+                next_check = time.monotonic() + 1.0
             while pending and self.active() < self.in_flight and self.may_send(sent):
                 ex = pending.pop(0)
                 sent += 1
                 ex.phase = "preparing"
-                self._send(TASK_PREPARE_INPUTS, self._prepare_message(ex.execution_id), deadline)
+                self._send(
+                    ex, TASK_PREPARE_INPUTS, self._prepare_message(ex.execution_id), deadline
+                )
             try:
                 events = self._follow(r)
             except redis.RedisError:

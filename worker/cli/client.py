@@ -43,13 +43,18 @@ def celery_client(settings: Settings) -> Celery:
     return app
 
 
-def send(app: Celery, task: str, message: dict[str, Any], queue: str) -> Any:
+def send(
+    app: Celery, task: str, message: dict[str, Any], queue: str, task_id: str | None = None
+) -> Any:
     """Enqueue ``message`` for ``task`` on ``queue`` (each haul queue has its own exchange).
 
     The exchange and routing key are given too: otherwise the app's ``task_routes`` would
-    route to the task's default queue whatever ``queue`` says.
+    route to the task's default queue whatever ``queue`` says. ``task_id`` sends a message
+    again under its first id (worker/delivery.py).
     """
-    return app.send_task(task, args=[message], queue=queue, exchange=queue, routing_key=queue)
+    return app.send_task(
+        task, args=[message], queue=queue, exchange=queue, routing_key=queue, task_id=task_id
+    )
 
 
 # ============================================================================ the events stream

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -34,6 +36,7 @@ from worker.constants import (
     TASK_QUEUES,
     TASK_STORE_OUTPUTS,
 )
+from worker.delivery import DeliveryCheck, Sent
 from worker.errors import MessageError
 
 if TYPE_CHECKING:
@@ -267,10 +270,12 @@ def wait_for(
     timeout_s: float,
     out: TextIO,
     bars: Bars | None = None,
+    recheck: Callable[[], None] | None = None,
 ) -> int:
     """Print the message's events until its terminal one; exit code 0, 1 or 3 (timeout).
 
     With ``bars``, ``haul.transfer.progress`` events move bars instead of printing lines.
+    ``recheck`` runs about once a second while no outcome is seen (the delivery check).
     """
     deadline = time.monotonic() + timeout_s
     finished_seen = False
@@ -293,6 +298,8 @@ def wait_for(
                 waiter.see(event)
         if waiter.outcome is not None:
             return waiter.outcome
+        if recheck is not None:
+            recheck()
         # Events are published before the task returns; once it has returned and a final read
         # showed nothing terminal, judge by the task's own result.
         if finished_seen:
@@ -355,8 +362,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     waiter = Waiter(task, message)
     stream = settings.events_stream
+    recheck = _delivery_recheck(settings, app, Sent(task, result.id, queue, message))
     if not wanted(sys.stderr, args.quiet):
-        return wait_for(client, stream, after, waiter, result, args.timeout, sys.stdout)
+        return wait_for(
+            client, stream, after, waiter, result, args.timeout, sys.stdout, recheck=recheck
+        )
     # sys.stdout is read inside the block: rich redirects it there, so lines print above bars.
     with Bars(sys.stderr) as bars:
-        return wait_for(client, stream, after, waiter, result, args.timeout, sys.stdout, bars)
+        return wait_for(
+            client, stream, after, waiter, result, args.timeout, sys.stdout, bars, recheck
+        )
+
+
+def _delivery_recheck(settings: Settings, app: Any, sent: Sent) -> Callable[[], None] | None:
+    """On a Redis broker: send the message again (same task id) if it is found nowhere, which
+    happens when a worker's main process dies in kombu's BRPOP window (worker/delivery.py)."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from tasks.config import is_amqp
+
+    if is_amqp(settings.effective_broker_url):
+        return None
+    check = DeliveryCheck(
+        Redis.from_url(settings.effective_broker_url, socket_connect_timeout=5),
+        Redis.from_url(settings.redis_url, socket_connect_timeout=5),
+    )
+
+    def resend(s: Sent) -> None:
+        send(app, s.task, s.message, s.queue, task_id=s.task_id)
+        print(f"haul: task {s.task_id} was found nowhere on the broker; sent again",
+              file=sys.stderr)  # fmt: skip
+
+    def recheck() -> None:
+        # Redis away for a moment: the next look decides
+        with contextlib.suppress(RedisError):
+            check.resend_if_lost(sent, resend)
+
+    return recheck

@@ -6,6 +6,12 @@ table; a backend adds a table of its own error codes (S3 ``SlowDown``, Azure
 conditional create (412 there means the key is taken) or for a pinned read. Statuses without a
 row fall back by class: 5xx is temporary, anything else is a plain :class:`StoreError`.
 
+A body that cannot be parsed (an XML or JSON answer cut short or garbled on the way, a listing
+page of ``[`` instead of ``[]``) is the table's ``malformed`` row: temporary, like a reset, since
+the next attempt normally gets the whole answer. Each backend names the SDK exceptions that mean
+"malformed" in its own ``_translate``; before they were named, a cut Swift listing page escaped
+as ``internal_error: JSONDecodeError`` and a cut Azure listing failed the input unretried.
+
 ``Retry-After`` (seconds or an HTTP date) travels on :class:`TransientError` as
 ``retry_after_s``; the engine's retry policy, the one owner of retries, honours it.
 """
@@ -60,6 +66,8 @@ class Rule:
 _CHANGED = Rule(Changed, "the object changed since it was first seen")
 _TAKEN = Rule(AlreadyExists, "the key already exists")
 _BUSY = Rule(TransientError, "temporary server error")
+#: an answer whose body does not parse: cut short or garbled in transit, so worth another attempt
+MALFORMED = Rule(TransientError, "the answer could not be parsed (cut short or garbled)")
 
 #: the status ladder every HTTP-speaking backend shares
 HTTP_STATUSES: Mapping[int, Rule] = MappingProxyType(
@@ -92,6 +100,8 @@ class ErrorTable:
     statuses: Mapping[int, Rule] = field(default_factory=lambda: HTTP_STATUSES)
     #: what a status without a row (and below 500) becomes
     fallback: type[HaulError] = StoreError
+    #: what an answer whose body does not parse becomes
+    malformed_rule: Rule = MALFORMED
 
     def rule(self, status: int, code: str = "") -> Rule | None:
         """The row that decides, or None when the fallback does."""
@@ -113,8 +123,16 @@ class ErrorTable:
                 rule = _BUSY
             else:
                 return self.fallback(f"{where}: request failed ({detail})")
-        rule = rule.for_op(op)
-        message = f"{where}: {rule.says} ({detail})"
+        return self._raise(rule.for_op(op), f"({detail})", where, retry_after_s)
+
+    def malformed(self, where: str, exc: BaseException) -> HaulError:
+        """The error for an answer whose body the SDK could not parse. Only the exception's
+        type is shown: parsers quote the body (botocore: all of it), which is the server's."""
+        return self._raise(self.malformed_rule, f"({type(exc).__name__})", where, None)
+
+    @staticmethod
+    def _raise(rule: Rule, detail: str, where: str, retry_after_s: float | None) -> HaulError:
+        message = f"{where}: {rule.says} {detail}"
         if issubclass(rule.error, TransientError):
             return rule.error(message, retry_after_s=retry_after_s)
         return rule.error(message)

@@ -86,11 +86,18 @@ def _translate(exc: Any, where: str, op: Op) -> HaulError:
     """The one place azure-core exceptions become haul errors (status and code only)."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
+        DecodeError,
+        DeserializationError,
         IncompleteReadError,
         ServiceRequestError,
         ServiceResponseError,
     )
 
+    if isinstance(exc, DecodeError | DeserializationError | UnicodeDecodeError):
+        # An XML answer (a listing page) cut short or garbled. DecodeError carries the 200 of
+        # the answer, which the status ladder would make a plain, unretried StoreError; a cut
+        # UTF-8 byte-order mark reaches us as a bare UnicodeDecodeError.
+        return ERRORS.malformed(where, exc)
     if isinstance(exc, IncompleteReadError):
         return IntegrityError(f"{where}: the body ended early")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
@@ -129,9 +136,11 @@ class AzureStore(SdkStore):
 
     @property
     def sdk_errors(self) -> tuple[type[BaseException], ...]:
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, DeserializationError
 
-        return (AzureError,)
+        # DeserializationError and UnicodeDecodeError are ValueErrors, not AzureErrors: both
+        # come from an answer's body that does not parse.
+        return (AzureError, DeserializationError, UnicodeDecodeError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +82,11 @@ def _translate(exc: Exception, where: str, op: Op) -> HaulError:
 
     if isinstance(exc, DataCorruption):
         return IntegrityError(f"{where}: the downloaded bytes do not match the stated checksum")
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        # A JSON answer (metadata, a listing page, an upload's reply) cut short or garbled.
+        # requests' own JSONDecodeError is also a RequestException: named here first, so the
+        # message says what happened instead of "connection failed".
+        return ERRORS.malformed(where, exc)
     if isinstance(exc, gauth.TransportError | rexc.RequestException | u3exc.HTTPError):
         return TransientError(f"{where}: connection failed ({type(exc).__name__})")
     if isinstance(exc, gauth.GoogleAuthError):
@@ -140,6 +146,9 @@ class GCSStore(SdkStore):
             u3exc.HTTPError,
             InvalidResponse,
             DataCorruption,
+            # a body that does not parse (requests' JSONDecodeError is one of these too)
+            json.JSONDecodeError,
+            UnicodeDecodeError,
         )
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:

@@ -103,7 +103,13 @@ ERRORS = ErrorTable(
 def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place botocore exceptions become haul errors (messages carry no credentials)."""
     import botocore.exceptions as bce
+    from botocore.parsers import ResponseParserError
 
+    if isinstance(exc, ResponseParserError | UnicodeDecodeError):
+        # An XML answer botocore cannot parse (most cut S3 answers come as a ClientError with
+        # a 500 instead, which the status ladder retries too). Its message quotes the whole
+        # body: only the type is shown.
+        return ERRORS.malformed(where, exc)
     if isinstance(exc, bce.ClientError):
         err = exc.response.get("Error", {})
         meta = exc.response.get("ResponseMetadata", {})
@@ -160,8 +166,10 @@ class S3Store(SdkStore):
     @property
     def sdk_errors(self) -> tuple[type[BaseException], ...]:
         import botocore.exceptions as bce
+        from botocore.parsers import ResponseParserError
 
-        return (bce.ClientError, bce.BotoCoreError)
+        # ResponseParserError is a plain Exception in botocore, outside BotoCoreError
+        return (bce.ClientError, bce.BotoCoreError, ResponseParserError, UnicodeDecodeError)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)

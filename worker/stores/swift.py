@@ -86,12 +86,19 @@ ERRORS = ErrorTable(
 )
 
 
+#: what swiftclient raises on a body it cannot decode (a JSON listing page or auth answer)
+MALFORMED_BODY = (json.JSONDecodeError, UnicodeDecodeError)
+
+
 def _translate(exc: Exception, where: str, op: Op) -> HaulError:
     """The one place swiftclient/requests exceptions become haul errors (status only)."""
     import requests.exceptions as rexc
     import urllib3.exceptions as u3exc
     from swiftclient.exceptions import ClientException
 
+    if isinstance(exc, MALFORMED_BODY):
+        # A listing page (JSON) cut short or garbled: swiftclient's json.loads fails on it.
+        return ERRORS.malformed(where, exc)
     if isinstance(exc, ClientException):
         status = int(exc.http_status or 0)
         if not status:
@@ -144,7 +151,7 @@ class SwiftStore(SdkStore):
         from swiftclient.exceptions import ClientException
 
         # a body cut short reaches the reader as urllib3's ProtocolError, not wrapped by requests
-        return (ClientException, rexc.RequestException, u3exc.HTTPError, OSError)
+        return (ClientException, rexc.RequestException, u3exc.HTTPError, OSError, *MALFORMED_BODY)
 
     def _translate(self, exc: Any, where: str, op: Op) -> HaulError:
         return _translate(exc, where, op)

@@ -155,7 +155,7 @@ class SmallGetLoop:
         # Answers wait here until the socket work of one event is done: the caller's callback
         # then runs outside the socket error handling, so its own errors are never taken for a
         # connection problem.
-        self._ready: deque[LaneAnswer] = deque()
+        self._ready: list[LaneAnswer] = []
 
     # ------------------------------------------------------------------ driving
     def run(
@@ -180,43 +180,27 @@ class SmallGetLoop:
                 # once), then the answers: at a network's latency the answers of all
                 # connections arrive together, and hashing and writing one of them must not
                 # hold back the next requests of the others by a round trip.
-                self._events(max(0.0, min(wait, 0.5)))
-                self._flush(answer, poll=True)
+                for key, mask in self._sel.select(max(0.0, min(wait, 0.5))):
+                    conn: _Conn = key.data
+                    if conn in self._conns:
+                        self._event(conn, mask)
+                self._flush(answer)
                 now = time.monotonic()
                 for conn in [c for c in self._conns if c.deadline <= now]:
                     self._fail(conn, "timed out", retry=False)
                 self._open_more()
-                self._flush(answer, poll=True)
+                self._flush(answer)
         finally:
             self._abandon("not sent")
             self._sel.close()
             self._flush(answer)
 
-    def _events(self, timeout: float) -> None:
-        """Handle every socket that is ready within ``timeout`` seconds (0: only those ready
-        now); answers completed meanwhile wait in ``_ready``."""
-        for key, mask in self._sel.select(timeout):
-            conn: _Conn = key.data
-            if conn in self._conns:
-                self._event(conn, mask)
-
     def _give(self, answer: LaneAnswer) -> None:
         self._ready.append(answer)
 
-    def _flush(self, answer: Callable[[LaneAnswer], None], *, poll: bool = False) -> None:
-        """Hand every waiting answer to the caller.
-
-        ``poll``: between two answers, serve the sockets that became ready meanwhile. The
-        connections drift apart after the first round trips, so answers keep arriving while
-        earlier ones are hashed, written and cached (0.1-0.3 ms each); a connection whose
-        answer came in during a flush of 16 would otherwise wait for the whole flush before
-        sending its next request: about 1 ms more per request at 20 ms RTT, 5 % of the batch.
-        A poll is one ``epoll_wait`` with no timeout.
-        """
+    def _flush(self, answer: Callable[[LaneAnswer], None]) -> None:
         while self._ready:
-            answer(self._ready.popleft())
-            if poll and self._ready and self._conns:
-                self._events(0.0)
+            answer(self._ready.pop(0))
 
     def _abandon(self, reason: str) -> None:
         for conn in list(self._conns):

@@ -85,8 +85,8 @@ class Settings(_Strict):
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     chunk_size_bytes: Annotated[int, Field(ge=64 * 1024, le=1024 * MiB)] = 8 * MiB
     multipart_threshold_bytes: Annotated[int, Field(ge=0)] = 16 * MiB
-    # 64: chosen by bench.rtt at 20 ms RTT (docs/design.md, "Small files at a round-trip time").
-    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 64
+    # 128: chosen by bench.rtt at 20 ms RTT (docs/design.md, "Small files at a round-trip time").
+    files_in_flight: Annotated[int, Field(ge=1, le=256)] = 128
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     #: no retry of one call waits past this long after its first attempt (worker/retry.py)
     retry_budget_s: Annotated[float, Field(gt=0, le=3600)] = 60.0

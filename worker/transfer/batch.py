@@ -164,8 +164,9 @@ def _lanes(
         if able and item.info is None:
             reader = cast(SmallObjectReader, source)
             label = item.label or str(item.dest)
-            held = cache.peek(source_id(source, item.key)) if cache is not None else None
-            small = SmallItem(index, reader, item.key, item.dest, label, held)
+            key = source_id(source, item.key) if cache is not None else None
+            held = cache.peek(key) if cache is not None and key is not None else None
+            small = SmallItem(index, reader, item.key, item.dest, label, held, key)
             lanes.setdefault(reader, []).append(small)
         else:
             ordinary.append(index)

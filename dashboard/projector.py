@@ -15,13 +15,12 @@ event time (ties: the later stage), so events projected out of order give the sa
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Engine, Table, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -138,7 +137,6 @@ class Projector:
         # (a multi-row ``.values(rows)`` would be compiled anew for every batch).
         events, execs = table_of(EventRow), table_of(Execution)
         self._claim_stmt = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
-        self._unnest_stmts: dict[str, tuple[Any, tuple[tuple[str, bool], ...]]] = {}
         self._pg_claim_stmt = text(
             "INSERT INTO events (id, stream_id, stream_pos, type, subject, time) "
             "SELECT * FROM unnest(CAST(:id AS varchar[]), CAST(:stream_id AS varchar[]), "
@@ -222,15 +220,6 @@ class Projector:
         if batch.execs:
             self._write_executions(conn, batch.execs)
         for table, rows in batch.rows.items():
-            if self._pg:
-                # One INSERT ... SELECT unnest(...) per table and batch: as an executemany,
-                # every row was a statement of its own for the server (measured at 100 000
-                # executions: the PostgreSQL backend spent 120 CPU seconds beside the
-                # projector's 64). These tables' rows are new by construction (their events
-                # were claimed just now), so no conflict clause.
-                stmt, columns = self._unnest_insert(table)
-                conn.execute(stmt, _arrays(rows, columns))
-                continue
             for chunk in _chunks(rows):
                 conn.execute(table.insert(), chunk)
         # One row per key and statement: PostgreSQL refuses to upsert one row twice in one
@@ -304,25 +293,6 @@ class Projector:
 
     # -------------------------------------------------------------------- dialects
 
-    def _unnest_insert(self, table: Table) -> tuple[Any, tuple[tuple[str, bool], ...]]:
-        """``INSERT INTO t (...) SELECT * FROM unnest(:a::type[], ...)`` for ``table``, built
-        once; with each column's name and whether it is JSON (sent as text, cast to json)."""
-        known = self._unnest_stmts.get(table.name)
-        if known is not None:
-            return known
-        dialect = self.engine.dialect
-        quote = dialect.identifier_preparer.quote
-        columns = tuple((col.name, isinstance(col.type, JSON)) for col in table.columns)
-        casts = ", ".join(
-            f"CAST(:{col.name} AS {col.type.compile(dialect=dialect)}[])" for col in table.columns
-        )
-        names = ", ".join(quote(col.name) for col in table.columns)
-        # Names and types from this module's own table metadata, never from an event.
-        sql = f"INSERT INTO {quote(table.name)} ({names}) SELECT * FROM unnest({casts})"  # noqa: S608
-        stmt = text(sql)
-        self._unnest_stmts[table.name] = (stmt, columns)
-        return stmt, columns
-
     def _insert(self, table: Table) -> Any:
         return (postgresql.insert if self._pg else sqlite.insert)(table)
 
@@ -361,14 +331,6 @@ def _total(row: Any, side: str, total: tuple[datetime, int, int] | None) -> dict
         total = (known, getattr(row, f"{side}_total_files"), getattr(row, f"{side}_total_bytes"))
     time, files, size = total
     return {f"{side}_total_time": time, f"{side}_total_files": files, f"{side}_total_bytes": size}
-
-
-def _arrays(rows: list[dict[str, Any]], columns: tuple[tuple[str, bool], ...]) -> dict[str, Any]:
-    """Rows as one array per column (JSON values serialised, as the JSON type would)."""
-    return {
-        name: [json.dumps(r[name]) for r in rows] if is_json else [r[name] for r in rows]
-        for name, is_json in columns
-    }
 
 
 def _chunks(rows: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> Iterable[list[Any]]:

@@ -132,15 +132,17 @@ def test_progress_advances_live_and_ends_finished(rig: Rig, browser: Any) -> Non
             SLOW_BYTES
         )
         # The bar moves while the page stays the same document (live.js, no reload).
-        page.wait_for_function(
+        # (The value read in the same poll: the next re-render may already be the finished
+        # page, which has no bar left to read.)
+        later = page.wait_for_function(
             """first => {
                  const p = document.querySelector("section.progress progress");
-                 return p !== null && Number(p.getAttribute("value")) > first;
+                 const value = p === null ? 0 : Number(p.getAttribute("value"));
+                 return value > first ? value : false;
                }""",
             arg=first,
             timeout=30_000,
-        )
-        later = _progress_value(page)
+        ).json_value()
         assert first < later <= SLOW_BYTES
         assert page.evaluate("window.__not_reloaded === true")
         # The finished state, still without a reload.

@@ -11,11 +11,13 @@ from typing import NoReturn
 
 import pytest
 
+from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.httpserver import TestHTTPServer, serve
 from tests.support.servers import MotoServer
-from worker.errors import Changed, NotFound, TransientError
+from worker.errors import Changed, HaulError, NotFound, SourceError, TransientError
 from worker.net.pool import FastBody, FastClient
 from worker.stores._stream import read_all
+from worker.stores.plugin import StoreTuning
 from worker.stores.s3 import S3Store, S3StoreConfig
 
 
@@ -132,9 +134,12 @@ def test_a_missing_object_is_not_found_and_keeps_the_fast_path(
     assert store._fast_reads
 
 
-def test_a_fast_path_that_never_connected_hands_over_to_boto3(
+def test_a_connection_error_before_the_fast_path_ever_worked_is_raised_and_keeps_it(
     fake_s3: tuple[TestHTTPServer, S3Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A temporary failure is no proof that the path cannot work: it is raised (the engine
+    retries it) and the next read goes the fast way again. It used to switch the path off
+    for the life of the store after ONE reset on the store's first read (issue 11)."""
     srv, store = fake_s3
     srv.put_file("/bkt/obj.bin", b"w" * 100)
     info = store.stat("obj.bin")
@@ -142,10 +147,81 @@ def test_a_fast_path_that_never_connected_hands_over_to_boto3(
     def unreachable(*args: object, **kwargs: object) -> NoReturn:
         raise TransientError("cannot connect to 127.0.0.1: refused")
 
-    monkeypatch.setattr(FastClient, "get", unreachable)
+    with monkeypatch.context() as patch:
+        patch.setattr(FastClient, "get", unreachable)
+        with pytest.raises(TransientError), store.read("obj.bin", length=10, pin=info):
+            pass
+    assert store._fast_reads
+    with store.read("obj.bin", length=10, pin=info) as body:
+        assert isinstance(body, FastBody)
+        assert read_all(body) == b"w" * 10
+    gets = srv.requests_for("/bkt/obj.bin", "GET")
+    assert len(gets) == 1 and "X-Amz-Signature=" in gets[0].query
+
+
+def test_a_certificate_only_boto3_may_accept_hands_over_to_boto3(
+    fake_s3: tuple[TestHTTPServer, S3Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proven incompatibility before the path ever worked: the system's CAs reject the
+    endpoint's certificate (boto3's own CA settings may not). boto3 takes this read and every
+    later one."""
+    srv, store = fake_s3
+    srv.put_file("/bkt/obj.bin", b"w" * 100)
+    info = store.stat("obj.bin")
+
+    def rejected(*args: object, **kwargs: object) -> NoReturn:
+        raise SourceError("TLS certificate of 127.0.0.1 rejected: self-signed certificate")
+
+    monkeypatch.setattr(FastClient, "get", rejected)
     with store.read("obj.bin", length=10, pin=info) as body:
         assert read_all(body) == b"w" * 10
     assert not store._fast_reads
+    gets = srv.requests_for("/bkt/obj.bin", "GET")
+    assert len(gets) == 1 and "authorization" in gets[0].headers  # boto3's signed request
+
+
+#: faults a presigned ranged GET can meet that say nothing about the path itself
+TEMPORARY = (Fault.RESET, Fault.STATUS_503, Fault.WRONG_LENGTH, Fault.TRUNCATE, Fault.STALL)
+
+
+def test_temporary_faults_on_moto_never_switch_the_fast_path_off(
+    s3_srv: MotoServer, creds: None
+) -> None:
+    """Real parts: moto behind the fault proxy, a store whose FIRST ranged reads each meet
+    one temporary fault (a reset, a 503, a wrong Content-Length, a body cut short, a stall
+    past the read timeout). Each read fails with a retryable error and every one of them,
+    and the good read after them, is a presigned GET: the path stays on."""
+    bucket = "fast-" + uuid.uuid4().hex[:12]
+    data = os.urandom(40_000)
+    with fault_proxy(s3_srv.endpoint_url, flavour="s3", stall_s=3.0) as proxy:
+        store = S3Store(
+            "s3",
+            bucket,
+            endpoint_url=proxy.url,
+            region=s3_srv.region,
+            tuning=StoreTuning(timeout_s=0.5),
+        )
+        try:
+            store._client.create_bucket(Bucket=bucket)
+            store._client.put_object(Bucket=bucket, Key="obj.bin", Body=data)
+            info = store.stat("obj.bin")
+            for fault in TEMPORARY:
+                proxy.force(fault, key="obj.bin", methods=["GET"], times=1)
+                with (
+                    pytest.raises(HaulError) as caught,
+                    store.read("obj.bin", start=100, length=30_000, pin=info) as body,
+                ):
+                    read_all(body)  # a body cut short fails while it is read
+                assert caught.value.retryable, (fault, caught.value)
+                assert store._fast_reads, fault
+            with store.read("obj.bin", start=100, length=30_000, pin=info) as body:
+                assert isinstance(body, FastBody)
+                assert read_all(body) == data[100:30_100]
+        finally:
+            store.close()
+        gets = proxy.records("obj.bin", "GET")
+    assert [r.fault for r in gets] == [*TEMPORARY, None]
+    assert all("X-Amz-Signature=" in r.query for r in gets), [r.query[:40] for r in gets]
 
 
 def test_once_proven_the_fast_path_reports_connection_errors(

@@ -329,9 +329,13 @@ class S3Store(SdkStore):
     def _fast_read(self, key: str, start: int, end: int, info: ObjectInfo) -> StreamContext | None:
         """The range through a presigned URL (:mod:`worker.net.presigned`).
 
-        None means "use boto3": the first answer that is neither the range, a changed object
-        nor a temporary error (a region redirect, a signature the endpoint does not take, ...)
-        turns this path off for the store, and boto3, which knows how to handle it, takes over.
+        None means "use boto3". Only a proven incompatibility turns this path off for the
+        store: an answer that is neither the range, a changed or missing object nor a
+        temporary error (a region redirect, a signature or a ranged GET the endpoint refuses,
+        a 200 that ignores the range), or a TLS certificate that only boto3's settings may
+        accept, before the path ever worked. A temporary failure (a reset, a timeout, a range
+        cut short) is raised like boto3's would be and retried by the engine on this same
+        path: it once switched the path off for the life of the store after ONE reset.
         """
         params = {"Bucket": self.bucket, "Key": key}
         if info.extra.get("version_id"):
@@ -343,18 +347,22 @@ class S3Store(SdkStore):
         if_match = f'"{info.etag}"' if info.etag else None
         try:
             got = self._reader().read(url, start, end, if_match=if_match)
-        except (TransientError, SourceError) as exc:
+        except SourceError as exc:
             if self._fast_proven:
                 raise
-            # Never worked for this store (no direct route, a certificate only boto3's
-            # settings accept, ...): boto3 takes over rather than every read failing.
-            log.info("%s: ranged reads go through boto3 (%s)", self.name, exc)
-            self._fast_reads = False
+            # A certificate the system's CAs reject: boto3's own CA settings may accept it.
+            self._give_up_fast_reads(str(exc))
             return None
         if got.body is not None:
             self._fast_proven = True
             return StreamContext(got.body)
         status = got.status
+        if status == 206:
+            # A partial answer that is not exactly the range asked for: cut short on the way
+            # (a wrong Content-Length) or garbled, so retried, on this path.
+            raise IntegrityError(
+                f"{self.uri(key)}: the answer to bytes {start}-{end - 1} is not that range"
+            )
         if status in (404, 412, 429) or status >= 500:
             raise ERRORS.error(
                 self.uri(key),
@@ -362,10 +370,12 @@ class S3Store(SdkStore):
                 op="read",
                 retry_after_s=parse_retry_after(got.retry_after),
             )
-        log.info("%s: ranged reads go through boto3 (presigned GET answered HTTP %d)",
-                 self.name, status)  # fmt: skip
-        self._fast_reads = False
+        self._give_up_fast_reads(f"presigned GET answered HTTP {status}")
         return None
+
+    def _give_up_fast_reads(self, why: str) -> None:
+        log.info("%s: ranged reads go through boto3 (%s)", self.name, why)
+        self._fast_reads = False
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")

@@ -52,7 +52,7 @@ from worker.records.datums import content_key, datum_id
 from worker.records.live import FileSignature, LiveFiles
 from worker.retry import store_type_of
 from worker.stores.base import Store
-from worker.transfer.upload import hash_file, send
+from worker.transfer.upload import Hashed, hash_file, send
 
 T = TypeVar("T")
 
@@ -204,7 +204,15 @@ class OutputsJob:
 
     def store_one(self, store: Store, c: Candidate) -> dict[str, Any] | None:
         meta = self.metadata(c)
-        hashed = hash_file(c.path, self.rt.transfer)
+        hashed = hash_file(c.path, self.rt.transfer, store)
+        try:
+            return self._store_hashed(store, c, meta, hashed)
+        finally:
+            hashed.discard()  # a private copy is linked to its key by now, or not needed
+
+    def _store_hashed(
+        self, store: Store, c: Candidate, meta: Metadata, hashed: Hashed
+    ) -> dict[str, Any] | None:
         d = hashed.digests
         key = content_key(store.prefix, self.msg.project_id, d.sha256, c.path.name)
         did = datum_id(self.msg.project_id, self.msg.execution_id, c.rel, d.sha256)

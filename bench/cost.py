@@ -9,8 +9,14 @@ server), then ``haul.store_outputs`` of one new 1 MB file into the local store. 
 threads keep two executions in flight (one per pool process), each waiting for a task's result
 before sending the next. The floor is the same number of ``bench.noop`` tasks (two per
 execution) sent the same way to the same worker. Printed: executions/s, p50/p95 latency of one
-execution, the ratio to the floor, and where the worker's time went (stage timers summed over
-the pool processes). A measurement, not a test.
+execution, the ratio to the floor, the CPU seconds the worker's processes and the Redis server
+spent per execution during the burst (and the floor's, per two no-op tasks: a ratio that holds
+on a loaded machine, where wall-clock rates do not), and where the worker's time went (stage
+timers summed over the pool processes). A measurement, not a test.
+
+``--trips N`` instead runs N executions on a worker that counts its Redis round trips by the
+haul function that made them (``bench/costapp.py``), after one execution on another worker
+filled the cache, and prints them per execution: the map of what to pipeline.
 """
 
 from __future__ import annotations
@@ -73,87 +79,176 @@ def _closed_loop(n: int, one: Callable[[int], None]) -> tuple[float, list[float]
     return time.perf_counter() - start, latencies
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pids: list[int] | None = None, group: int | None = None) -> float:
+    """user+sys CPU seconds of the live processes ``pids``, or of every process in ``group``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if (pids is not None and int(entry) in pids) or (
+            group is not None and int(fields[2]) == group
+        ):
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_one(broker: str, size: str, count: int, root: Path, redis: Any) -> dict[str, Any]:
-    url = redis.url_for_db(13)
-    client_redis = redis_lib.Redis.from_url(url)
-    client_redis.flushdb()
+def _prepare_files(root: Path, broker: str, size: str, count: int) -> tuple[Path, Path, list[str]]:
     data = root / f"data-{broker}-{size}"
     www_root = root / f"www-{size}"
     www_root.mkdir(parents=True, exist_ok=True)
-    (www_root / "input.bin").write_bytes(os.urandom(SIZES[size]))
+    if not (www_root / "input.bin").exists():
+        (www_root / "input.bin").write_bytes(os.urandom(SIZES[size]))
     eids = [f"exec-{uuid.uuid4().hex[:12]}" for _ in range(count + 1)]
     for eid in eids:  # one new 1 MB output per execution: nothing is deduplicated
         out = data / "executions" / eid / "outputs"
         out.mkdir(parents=True)
         (out / "model.bin").write_bytes(os.urandom(MB))
+    return data, www_root, eids
+
+
+class _Client:
+    """Sends executions (or no-op tasks) to the worker and waits for their results."""
+
+    def __init__(self, broker_url: str, redis_url: str, input_url: str) -> None:
+        self.app = _client(broker_url, redis_url)
+        self.input_url = input_url
+
+    def prepare(self, eid: str) -> tuple[str, str, Any]:
+        message = {"execution_id": eid, "project_id": "bench",
+                   "inputs": [{"name": "x", "urls": [self.input_url]}]}  # fmt: skip
+        return ("haul.prepare_inputs", "haul.inputs", message)
+
+    @staticmethod
+    def store(eid: str) -> tuple[str, str, Any]:
+        return ("haul.store_outputs", "haul.outputs", {"execution_id": eid, "project_id": "bench"})
+
+    def task(self, name: str, queue: str, message: Any) -> None:
+        args = [message] if message is not None else []
+        value = self.app.send_task(name, args=args, queue=queue).get(timeout=120)
+        if isinstance(value, dict) and value.get("status") not in (None, "ok", "ready", "stored"):
+            raise RuntimeError(f"{name}: {value}")
+
+    def execution(self, eid: str) -> None:
+        self.task(*self.prepare(eid))
+        self.task(*self.store(eid))
+
+    def burst(self, messages: list[tuple[str, str, Any]]) -> float:
+        """Everything sent at once, then every result awaited: the worker's throughput."""
+        start = time.perf_counter()
+        results = [
+            self.app.send_task(n, args=[m] if m is not None else [], queue=q)
+            for n, q, m in messages
+        ]
+        for r in results:
+            r.get(timeout=600)
+        return time.perf_counter() - start
+
+
+def run_one(
+    broker: str, size: str, count: int, root: Path, redis: Any, profile: str | None = None
+) -> dict[str, Any]:
+    url = redis.url_for_db(13)
+    client_redis = redis_lib.Redis.from_url(url)
+    client_redis.flushdb()
+    data, www_root, eids = _prepare_files(root, broker, size, count)
     env = {"HAUL_ALLOW_PRIVATE_ADDRESSES": "true"}
+    if profile:
+        env["BENCH_COST_PROFILE"] = profile
     with ExitStack() as stack:
         www = stack.enter_context(serve(www_root))
         broker_url = stack.enter_context(rabbitmq.rabbitmq_vhost()) if broker == "rabbitmq" else url
         worker = stack.enter_context(
             start_worker(url, data, env, concurrency=2, broker_url=broker_url, app="bench.costapp")
         )
-        app = _client(broker_url, url)
-
-        def task(name: str, queue: str, message: Any) -> None:
-            args = [message] if message is not None else []
-            result = app.send_task(name, args=args, queue=queue)
-            value = result.get(timeout=120)
-            if isinstance(value, dict) and value.get("status") not in (None, "ok", "ready",
-                                                                          "stored"):  # fmt: skip
-                raise RuntimeError(f"{name}: {value}")
-
-        def execution(i: int) -> None:
-            eid = eids[i]
-            task("haul.prepare_inputs", "haul.inputs", {
-                "execution_id": eid, "project_id": "bench",
-                "inputs": [{"name": "x", "urls": [www.url("/input.bin")]}],
-            })  # fmt: skip
-            task("haul.store_outputs", "haul.outputs", {"execution_id": eid, "project_id": "bench"})
-
-        def floor(_i: int) -> None:
-            task("bench.noop", "haul.inputs", None)
-            task("bench.noop", "haul.outputs", None)
-
-        def burst(messages: list[tuple[str, str, Any]]) -> float:
-            """Everything sent at once, then every result awaited: the worker's throughput."""
-            start = time.perf_counter()
-            results = [
-                app.send_task(n, args=[m] if m is not None else [], queue=q) for n, q, m in messages
-            ]
-            for r in results:
-                r.get(timeout=600)
-            return time.perf_counter() - start
-
-        execution(count)  # the first reading fills the cache; not measured
+        client = _Client(broker_url, url, www.url("/input.bin"))
+        client.execution(eids[count])  # the first reading fills the cache; not measured
         client_redis.delete("bench:cost:seconds", "bench:cost:calls")
         half = count // 2
-        wall, lat = _closed_loop(half, execution)
+        wall, lat = _closed_loop(half, lambda i: client.execution(eids[i]))
         rest = eids[half:count]
-        wall = burst(
-            [("haul.prepare_inputs", "haul.inputs", {
-                "execution_id": eid, "project_id": "bench",
-                "inputs": [{"name": "x", "urls": [www.url("/input.bin")]}]}) for eid in rest]
-            + [("haul.store_outputs", "haul.outputs", {"execution_id": eid, "project_id": "bench"})
-               for eid in rest]
-        )  # fmt: skip
+        cpu = (_cpu_s(group=worker.pid), _cpu_s(pids=[redis.pid]))
+        wall = client.burst(
+            [client.prepare(eid) for eid in rest] + [client.store(eid) for eid in rest]
+        )
+        cpu_exec = (_cpu_s(group=worker.pid) - cpu[0], _cpu_s(pids=[redis.pid]) - cpu[1])
+
+        def floor(_i: int) -> None:
+            client.task("bench.noop", "haul.inputs", None)
+            client.task("bench.noop", "haul.outputs", None)
+
         _, floor_lat = _closed_loop(half, floor)
-        floor_wall = burst([("bench.noop", "haul.inputs", None)] * (2 * len(rest)))
+        cpu = (_cpu_s(group=worker.pid), _cpu_s(pids=[redis.pid]))
+        floor_wall = client.burst([("bench.noop", "haul.inputs", None)] * (2 * len(rest)))
+        cpu_floor = (_cpu_s(group=worker.pid) - cpu[0], _cpu_s(pids=[redis.pid]) - cpu[1])
         worker.stop()  # the pool processes write their stage timers as they exit
         seconds = {
             k.decode(): float(v) for k, v in client_redis.hgetall("bench:cost:seconds").items()
         }
+    n = len(rest)
     return {
         "broker": broker, "size": size, "count": count,
-        "rate": (count - half) / wall, "p50": _pct(lat, 0.5), "p95": _pct(lat, 0.95),
-        "floor_rate": (count - half) / floor_wall, "floor_p50": _pct(floor_lat, 0.5),
+        "rate": n / wall, "p50": _pct(lat, 0.5), "p95": _pct(lat, 0.95),
+        "floor_rate": n / floor_wall, "floor_p50": _pct(floor_lat, 0.5),
         "floor_p95": _pct(floor_lat, 0.95), "stages": seconds,
+        "cpu_worker": cpu_exec[0] / n, "cpu_redis": cpu_exec[1] / n,
+        "floor_cpu_worker": cpu_floor[0] / n, "floor_cpu_redis": cpu_floor[1] / n,
+        "load": open("/proc/loadavg").read().split()[0],
     }  # fmt: skip
+
+
+def count_trips(broker: str, size: str, count: int, root: Path, redis: Any) -> dict[str, float]:
+    """Redis round trips per execution, by the haul function that made them."""
+    url = redis.url_for_db(12)
+    client_redis = redis_lib.Redis.from_url(url)
+    client_redis.flushdb()
+    data, www_root, eids = _prepare_files(root, f"trips-{broker}", size, count)
+    env = {"HAUL_ALLOW_PRIVATE_ADDRESSES": "true"}
+    with ExitStack() as stack:
+        www = stack.enter_context(serve(www_root))
+        broker_url = stack.enter_context(rabbitmq.rabbitmq_vhost()) if broker == "rabbitmq" else url
+        with start_worker(url, data, env, broker_url=broker_url, app="bench.costapp") as warm:
+            _Client(broker_url, url, www.url("/input.bin")).execution(eids[count])
+            warm.stop()
+        client_redis.delete("bench:cost:trips")
+        counting = {**env, "BENCH_COST_TRIPS": "1"}
+        with start_worker(
+            url, data, counting, concurrency=2, broker_url=broker_url, app="bench.costapp"
+        ) as worker:
+            client = _Client(broker_url, url, www.url("/input.bin"))
+            _closed_loop(count, lambda i: client.execution(eids[i]))
+            worker.stop()
+        trips = client_redis.hgetall("bench:cost:trips")
+    return {k.decode(): int(v) / count for k, v in trips.items()}
+
+
+def report_trips(broker: str, size: str, count: int, trips: dict[str, float]) -> str:
+    lines = [
+        f"Redis round trips per execution ({broker}, {size} cached input, {count} executions, "
+        "pool processes only; a pipeline is one):",
+        "",
+        "| where | commands | per execution |",
+        "|---|---|---|",
+    ]
+    for key in sorted(trips, key=lambda k: (k.startswith("celery"), k)):
+        where, commands = key.split(" ", 1)
+        lines.append(f"| {where} | {commands} | {trips[key]:.2f} |")
+    haul = sum(v for k, v in trips.items() if not k.startswith(("celery", "?")))
+    lines.append(f"| **haul, all** | | **{haul:.2f}** |")
+    lines.append(f"| **all** | | **{sum(trips.values()):.2f}** |")
+    return "\n".join(lines)
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -163,14 +258,19 @@ def report(rows: list[dict[str, Any]]) -> str:
         f"half one after another on {IN_FLIGHT} client threads. Floor: 2 no-op tasks per "
         "execution on the same worker, measured the same two ways.\n",
         "| broker | cached input | executions | executions/s | p50 | p95 | floor /s | "
-        "floor p50 | cost / floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "floor p50 | cost / floor | CPU ms: worker + Redis | floor CPU ms | CPU / floor | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        cpu = (r["cpu_worker"] + r["cpu_redis"]) * 1000
+        floor_cpu = (r["floor_cpu_worker"] + r["floor_cpu_redis"]) * 1000
         lines.append(
             f"| {r['broker']} | {r['size']} | {r['count']} | {r['rate']:.0f} | "
             f"{r['p50'] * 1000:.1f} ms | {r['p95'] * 1000:.1f} ms | {r['floor_rate']:.0f} | "
-            f"{r['floor_p50'] * 1000:.1f} ms | {r['floor_rate'] / r['rate']:.2f}x |"
+            f"{r['floor_p50'] * 1000:.1f} ms | {r['floor_rate'] / r['rate']:.2f}x | "
+            f"{r['cpu_worker'] * 1000:.1f} + {r['cpu_redis'] * 1000:.1f} | "
+            f"{r['floor_cpu_worker'] * 1000:.1f} + {r['floor_cpu_redis'] * 1000:.1f} | "
+            f"{cpu / floor_cpu:.2f}x | {r['load']} |"
         )
     lines += [
         "",
@@ -193,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--brokers", default="redis,rabbitmq")
     parser.add_argument("--sizes", default="10k,10M")
+    parser.add_argument("--trips", type=int, metavar="N", default=0,
+                        help="count Redis round trips over N executions instead")  # fmt: skip
+    parser.add_argument("--profile", metavar="FOLDER",
+                        help="cProfile each pool process into FOLDER (slows it down)")  # fmt: skip
     args = parser.parse_args(argv)
     rows = []
     with (
@@ -204,9 +308,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rabbitmq skipped: {why}", file=sys.stderr)
                 continue
             for size in args.sizes.split(","):
-                rows.append(run_one(broker, size, args.count, Path(tmp), redis))
+                if args.trips:
+                    trips = count_trips(broker, size, args.trips, Path(tmp), redis)
+                    print(report_trips(broker, size, args.trips, trips) + "\n", flush=True)
+                    continue
+                rows.append(run_one(broker, size, args.count, Path(tmp), redis, args.profile))
                 print(f"done: {broker} {size}", file=sys.stderr)
-    print(report(rows))
+    if rows:
+        print(report(rows))
     return 0
 
 

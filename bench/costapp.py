@@ -5,17 +5,27 @@ only for ``bench/cost.py``: the task ``bench.noop`` (the floor: what Celery alon
 same settings), and wrappers that add up the time spent in each stage of a job in each pool
 process, written to Redis (``bench:cost:*``) once, when the pool process exits, so the
 measurement adds no round trip to the tasks it measures.
+
+With ``BENCH_COST_TRIPS=1`` in the worker's environment (``python -m bench.cost --trips``) it
+also counts every Redis round trip the pool processes make, by the haul function that made it
+(the innermost frame in ``worker/`` or ``tasks/``, else Celery's) and its commands: the map of
+what an execution asks Redis. The counting walks the stack on every call, so it is off for the
+timed runs. With ``BENCH_COST_PROFILE=<folder>`` each pool process runs under cProfile and
+writes ``<folder>/<pid>.prof`` when it exits (for a look with ``pstats``, not for figures).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
+from redis.client import Pipeline
 
 import tasks.app
 import worker.pipeline.outputs as outputs
@@ -28,6 +38,9 @@ from worker.settings import load_settings
 KEY = "bench:cost"
 _totals: dict[str, float] = defaultdict(float)
 _counts: dict[str, int] = defaultdict(int)
+_trips: dict[str, int] = defaultdict(int)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OURS = tuple(os.path.join(_ROOT, d) + os.sep for d in ("worker", "tasks"))
 
 
 def _timed(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,6 +53,47 @@ def _timed(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             _counts[stage] += 1
 
     return run
+
+
+def _caller() -> str:
+    """The innermost haul frame (module:function) of the current call, else Celery's."""
+    frame = sys._getframe(2)
+    outer = "?"
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_OURS):
+            return f"{name[len(_ROOT) + 1 : -3].replace(os.sep, '.')}:{frame.f_code.co_name}"
+        if outer == "?" and ("celery" in name or "kombu" in name):
+            outer = f"celery:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return outer
+
+
+def _count_trips() -> None:
+    """Count each round trip: a command sent alone, or a pipeline sent at once."""
+    single = redis.Redis.execute_command
+    immediate = Pipeline.immediate_execute_command
+    execute = Pipeline.execute
+
+    def one(self: Any, *args: Any, **options: Any) -> Any:
+        _trips[f"{_caller()} {args[0]}"] += 1
+        return single(self, *args, **options)
+
+    def now(self: Any, *args: Any, **options: Any) -> Any:
+        _trips[f"{_caller()} {args[0]}"] += 1
+        return immediate(self, *args, **options)
+
+    def many(self: Any, *args: Any, **kwargs: Any) -> Any:
+        names = [str(c[0][0]) for c in self.command_stack]
+        if names:
+            shown = " ".join(dict.fromkeys(names))
+            multi = "MULTI " if self.transaction else ""
+            _trips[f"{_caller()} {multi}[{shown}]"] += 1
+        return execute(self, *args, **kwargs)
+
+    redis.Redis.execute_command = one  # type: ignore[method-assign]
+    Pipeline.immediate_execute_command = now  # type: ignore[method-assign]
+    Pipeline.execute = many  # type: ignore[method-assign]
 
 
 def _install() -> None:
@@ -59,6 +113,8 @@ def _install() -> None:
 
 settings = load_settings()
 _install()
+if os.environ.get("BENCH_COST_TRIPS") == "1":
+    _count_trips()
 app = tasks.app.create_app(settings)
 
 
@@ -67,7 +123,24 @@ def noop() -> dict[str, str]:
     return {"status": "ok"}
 
 
+_profile: Any = None
+
+
+def _child_start(**_: Any) -> None:
+    global _profile
+    _trips.clear()  # what the main process counted before the fork is not the pool's
+    folder = os.environ.get("BENCH_COST_PROFILE")
+    if folder:
+        import cProfile
+
+        _profile = cProfile.Profile(time.process_time)  # CPU, not the waits
+        _profile.enable()
+
+
 def _flush(**_: Any) -> None:
+    if _profile is not None:
+        _profile.disable()
+        _profile.dump_stats(os.path.join(os.environ["BENCH_COST_PROFILE"], f"{os.getpid()}.prof"))
     if not _counts:
         return
     client = redis.Redis.from_url(settings.redis_url)
@@ -75,7 +148,10 @@ def _flush(**_: Any) -> None:
     for stage, total in _totals.items():
         pipe.hincrbyfloat(f"{KEY}:seconds", stage, total)
         pipe.hincrby(f"{KEY}:calls", stage, _counts[stage])
+    for where, n in _trips.items():
+        pipe.hincrby(f"{KEY}:trips", where, n)
     pipe.execute()
 
 
+worker_process_init.connect(_child_start, weak=False)
 worker_process_shutdown.connect(_flush, weak=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from worker.settings import Settings
@@ -25,10 +24,11 @@ def run_web(settings: Settings, argv: list[str] | None = None) -> int:
         return 2
 
     from dashboard.server import build
+    from worker.logs import configure_logging
 
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The worker's one structlog pipeline (log_format json or console, redaction; uvicorn's
+    # records propagate to it: log_config=None), not a stdlib format of its own.
+    configure_logging(settings.log_format, settings.log_level)
     server = build(settings, bind)
     shown = f"[{server.host}]" if ":" in server.host else server.host
     print(f"haul web: serving http://{shown}:{server.port}/", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from dashboard.auth import Guard, check_bind
 from dashboard.consumer import Consumer
 from dashboard.db import make_engine, migrate
 from dashboard.health import HealthProbe
-from dashboard.metrics import WebCollector, registry
+from dashboard.metrics import WebCollector, queue_depths, registry
 from dashboard.projector import Projector
 from dashboard.queries import Queries
 from worker.settings import Settings
@@ -70,13 +70,7 @@ def build(settings: Settings, bind: str | None = None) -> WebServer:
         health_check_interval=30,
     )
     broker_url = settings.effective_broker_url
-    broker = (
-        events
-        if broker_url == settings.redis_url
-        else Redis.from_url(broker_url, socket_timeout=_REDIS_TIMEOUT_S)
-        if broker_url.startswith(("redis://", "rediss://", "unix://"))
-        else None
-    )
+    depths = queue_depths(broker_url, events if broker_url == settings.redis_url else None)
     queries = Queries(engine)
     consumer = Consumer(
         events, Projector(engine), settings.events_stream, settings.web_consumer_group
@@ -86,6 +80,6 @@ def build(settings: Settings, bind: str | None = None) -> WebServer:
         queries=queries,
         guard=Guard(settings.web_token),
         health=probe.health,
-        registry=registry(WebCollector(broker, probe.lag)),
+        registry=registry(WebCollector(depths, probe.lag)),
     )
     return WebServer(create_app(ctx), engine, consumer, host, port, threading.Event())

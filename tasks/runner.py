@@ -155,10 +155,12 @@ def run_task(
         # either finishes or dies and its lease lapses within lease_ttl_s
         raise task.retry(countdown=rt.settings.lease_retry_s) from None
     try:
+        # The lease goes back in the round trip of the final event (or the failure event);
+        # release() below gives it back only when that did not happen.
         if not job.repeats:
-            return execute(rt, job, msg, lease.lost)
+            return execute(rt, job, msg, lease.lost, riders=[lease])
         delivery = _delivery(task)
-        summary = with_delivery(delivery, lambda: execute(rt, job, msg, lease.lost))
+        summary = with_delivery(delivery, lambda: execute(rt, job, msg, lease.lost, [lease]))
     finally:
         lease.release()
     if summary.get("status") == REPEAT_STATUS:

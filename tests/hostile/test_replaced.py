@@ -117,3 +117,23 @@ def test_an_unchanged_output_is_stored_by_the_same_store(runtime: Runtime) -> No
 def _events(rt: Runtime) -> list[dict[str, Any]]:
     raw = rt.redis.xrange(rt.settings.events_stream)
     return [json.loads(fields[b"event"]) for _, fields in raw]
+
+
+def test_a_staged_copy_is_linked_or_removed_and_never_left_behind(runtime: Runtime) -> None:
+    """The local store's private copy, written while the output was hashed, becomes the key's
+    file (one inode, no second copy); storing the same bytes again (deduplicated) removes it."""
+    base = runtime.sources.store("default")
+    assert isinstance(base, LocalStore)
+    keys = []
+    for eid in ("exec-staged-1", "exec-staged-2"):
+        out = runtime.execution_dir(eid) / "outputs"
+        out.mkdir(parents=True)
+        (out / "model.bin").write_bytes(ORIGINAL)
+        summary = execute(runtime, STORE_OUTPUTS, StoreOutputs(execution_id=eid, project_id="p"))
+        keys.append(summary["datums"][0]["key"])
+        assert not list((base.root / TMP_DIR).glob("*"))  # linked, or removed
+        assert not base._staged  # nothing remembered for a file that is done
+    assert keys[0] == keys[1]
+    assert (base.root / keys[0]).read_bytes() == ORIGINAL
+    assert [e["data"]["deduplicated"] for e in _events(runtime)
+            if e["type"] == "haul.output.stored"] == [False, True]  # fmt: skip

@@ -7,7 +7,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from io import StringIO
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import structlog
 
@@ -102,3 +105,25 @@ def test_redis_and_amqp_passwords_are_redacted(out: StringIO) -> None:
     text = out.getvalue()
     assert "s3cret" not in text and "pw0rd" not in text
     assert "amqp://127.0.0.1:5672/v" in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_haul_web_logs_through_the_same_pipeline(redis_private: Any, tmp_path: Path, fmt: str
+                                                 ) -> None:  # fmt: skip
+    """``haul web`` renders its own and uvicorn's records with haul's processors: JSON lines
+    (time, level, logger, message) or console lines, not a stdlib format of its own."""
+    from tests.dashboard.webproc import start_web
+
+    env = {"HAUL_LOG_FORMAT": fmt}
+    with start_web(redis_private.url, tmp_path, f"sqlite:///{tmp_path / 'w.db'}", env) as web:
+        httpx.get(web.url + "/api/health", timeout=5)
+        text = web.log_text()
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith("haul web: ")]
+    assert lines, text
+    if fmt == "json":
+        records = [json.loads(x) for x in lines]  # every line is one JSON object
+        assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+        assert any(r["logger"].startswith("uvicorn") for r in records), text
+    else:
+        assert any("[info     ]" in x and "[uvicorn.error]" in x for x in lines), text
+        assert not any(" INFO uvicorn" in x for x in lines)  # the old basicConfig shape

@@ -251,3 +251,36 @@ def test_celery_events_and_inspect_see_haul_tasks(
         # stats through the same remote-control API the CLI uses (one CLI start is ~4 s here)
         stats = haul.client.control.inspect(destination=[node], timeout=10, limit=1).stats()
         assert stats is not None and stats[node]["total"].get("haul.prepare_inputs", 0) >= 1
+
+
+def test_healthz_follows_a_rabbitmq_broker(redis_private: Any, tmp_path: Path) -> None:
+    """With RabbitMQ as the broker, /healthz turns 503 within 10 s of the broker going away
+    (a TCP proxy in front of the machine's RabbitMQ, cut: the shared server is not stopped)
+    while Redis is fine, and 200 again once the broker is back."""
+    from tests.support import rabbitmq
+    from tests.support.fixtures import require_rabbitmq
+    from tests.support.tcpproxy import tcp_proxy
+
+    require_rabbitmq()
+    with (
+        rabbitmq.rabbitmq_vhost() as direct,
+        tcp_proxy(rabbitmq.HOST, rabbitmq.PORT) as proxy,
+    ):
+        broker = direct.replace(f":{rabbitmq.PORT}/", f":{proxy.port}/")
+        with start_worker(redis_private.url, tmp_path / "data", ENV, broker_url=broker) as w:
+            health = w.metrics_url + "/healthz"
+            assert httpx.get(health, timeout=5).status_code == 200
+            proxy.cut()
+            cut = time.monotonic()
+            got = _until(
+                lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
+                15,
+                "healthz never turned 503",
+            )
+            assert time.monotonic() - cut < 10
+            body = got.json()
+            assert body["status"] == "unavailable"
+            assert body["checks"]["redis"] == "ok" and body["checks"]["broker"] != "ok"
+            assert "guest:guest" not in got.text  # the probe's error names no credential
+            proxy.restore()
+            _until(lambda: httpx.get(health, timeout=5).status_code == 200, 15, "never healthy")

@@ -85,3 +85,97 @@ def test_redelivery_after_another_execution_replays_and_disturbs_nothing(r: redi
     assert mem.record("p", "u", _seen("a", 1, "e1", "2026-11-26T13:00:00Z")) == first
     # ... and e3, reading what e2 read, is compared with e2: no false warning.
     assert mem.record("p", "u", _seen("b", 2, "e3"))[0] is None
+
+
+def _until(check: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("not within the deadline")
+        time.sleep(0.01)
+
+
+def test_one_heartbeat_thread_keeps_every_lease_and_notices_a_lost_one(r: redis.Redis) -> None:
+    import threading
+
+    a, b = Lease(r, "exec-a", ttl_s=0.3), Lease(r, "exec-b", ttl_s=0.3)
+    a.acquire()
+    b.acquire()
+    beats = [t for t in threading.enumerate() if t.name == "haul-lease"]
+    assert len(beats) == 1  # one thread for both (and for every later lease)
+    # Held three TTLs long: only the heartbeat keeps the keys.
+    started = time.monotonic()
+    _until(lambda: time.monotonic() - started > 0.9)
+    assert r.exists("haul:lease:exec-a") and r.exists("haul:lease:exec-b")
+    r.set("haul:lease:exec-b", "someone-else")  # taken over
+    _until(b.lost.is_set)
+    assert not a.lost.is_set()
+    a.release()
+    b.release()  # does not delete the new holder's key
+    assert not r.exists("haul:lease:exec-a")
+    assert r.get("haul:lease:exec-b") == b"someone-else"
+
+
+def test_a_lease_given_back_in_a_pipeline_is_not_released_twice(r: redis.Redis) -> None:
+    lease = Lease(r, "exec-p", ttl_s=5)
+    lease.acquire()
+    pipe = r.pipeline(transaction=False)
+    lease.board(pipe)
+    assert r.exists("haul:lease:exec-p")  # nothing sent yet
+    pipe.execute()
+    lease.landed()
+    assert not r.exists("haul:lease:exec-p")
+    r.set("haul:lease:exec-p", "next-holder")
+    lease.release()
+    assert r.get("haul:lease:exec-p") == b"next-holder"
+    assert not lease.lost.is_set()
+
+
+def test_a_reservation_waits_while_a_purge_holds_the_content_lock(r: redis.Redis) -> None:
+    import threading
+
+    from worker.records.datums import DatumIndex
+
+    index = DatumIndex(r)
+    got: list[bool] = []
+
+    def scripts_run() -> int:
+        stats = r.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    with index.content_lock("s", "k"):
+        before = scripts_run()
+        waiter = threading.Thread(target=lambda: got.append(index.reserve("s", "k", "d1")))
+        waiter.start()
+        _until(lambda: scripts_run() >= before + 3)  # it asked, and asked again
+        assert got == []
+        assert not [k for k in r.keys("haul:refs:*") if not k.endswith(b":lock")]
+    waiter.join(5)
+    assert got == [True]
+    assert [r.smembers(k) for k in r.keys("haul:refs:*")] == [{b"d1"}]
+
+
+def test_deferred_events_go_out_in_order_with_the_next_publish(r: redis.Redis) -> None:
+    import json
+
+    from worker.events import EventPublisher
+    from worker.models import InputSkipped
+
+    events = EventPublisher(r, "haul:test-events", 1000)
+
+    def skipped(n: int) -> Any:
+        data = InputSkipped(execution_id="e", input=f"i{n}", url="u", reason="r")
+        return ("haul.input.skipped", "e", data, ("e", f"i{n}"))
+
+    events.defer([skipped(1), skipped(2)])
+    assert r.xlen("haul:test-events") == 0  # nothing sent on its own
+    lease = Lease(r, "exec-e", ttl_s=5)
+    lease.acquire()
+    events.publish(*skipped(3)[:3], *skipped(3)[3], riders=[lease])
+    sent = [json.loads(f[b"event"])["data"]["input"] for _, f in r.xrange("haul:test-events")]
+    assert sent == ["i1", "i2", "i3"]
+    assert not r.exists("haul:lease:exec-e")  # released in the same round trip
+    events.defer([skipped(4)])
+    assert events.drop_deferred() == 1
+    events.flush()
+    assert r.xlen("haul:test-events") == 3

@@ -52,7 +52,7 @@ from worker.records.datums import content_key, datum_id
 from worker.records.live import FileSignature, LiveFiles
 from worker.retry import store_type_of
 from worker.stores.base import Store
-from worker.transfer.upload import hash_file, send
+from worker.transfer.upload import Hashed, hash_file, send
 
 T = TypeVar("T")
 
@@ -68,6 +68,12 @@ class Candidate:
     rel: str
     path: Path
     sidecar: Path | None
+    #: bytes when scanned
+    size: int = 0
+
+
+#: before a file this large, the facts deferred so far are published (not held during it)
+_FLUSH_BEFORE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ def scan(outputs: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
     yet it is someone else's file, so it is refused like a symlink.
     """
     files: dict[str, Path] = {}
+    sizes: dict[str, int] = {}
     refused: list[tuple[str, str]] = []
     linked: dict[str, tuple[tuple[int, int], int]] = {}
 
@@ -113,6 +120,7 @@ def scan(outputs: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
                 refused.append((rel, f"the name holds control or bidi characters ({shown})"))
             else:
                 files[rel] = path
+                sizes[rel] = st.st_size
                 if st.st_nlink > 1:
                     linked[rel] = ((st.st_dev, st.st_ino), st.st_nlink)
     inside = Counter(inode for inode, _links in linked.values())
@@ -125,7 +133,7 @@ def scan(outputs: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
         if rel.endswith(METADATA_SUFFIX) and rel.removesuffix(METADATA_SUFFIX) in files:
             continue
         sidecar = files.get(rel + METADATA_SUFFIX)
-        candidates.append(Candidate(rel, files[rel], sidecar))
+        candidates.append(Candidate(rel, files[rel], sidecar, sizes[rel]))
     return candidates, refused
 
 
@@ -134,9 +142,12 @@ def _rel(root: Path, path: Path) -> str:
 
 
 class OutputsJob:
-    def __init__(self, runtime: Runtime, msg: StoreOutputs) -> None:
+    def __init__(self, runtime: Runtime, msg: StoreOutputs, defer_events: bool = False) -> None:
         self.rt = runtime
         self.msg = msg
+        #: ``haul.output.stored`` goes out with the job's next event instead of on its own
+        #: (store_outputs; a live watch publishes each file's at once)
+        self.defer_events = defer_events
         self.store_name = runtime.settings.store_for_project(msg.project_id, msg.store)
         self.outputs = runtime.execution_dir(msg.execution_id) / OUTPUTS_DIR
         self.aliases = AliasIndex(runtime.redis)
@@ -193,19 +204,25 @@ class OutputsJob:
 
     def store_one(self, store: Store, c: Candidate) -> dict[str, Any] | None:
         meta = self.metadata(c)
-        hashed = hash_file(c.path, self.rt.transfer)
+        hashed = hash_file(c.path, self.rt.transfer, store)
+        try:
+            return self._store_hashed(store, c, meta, hashed)
+        finally:
+            hashed.discard()  # a private copy is linked to its key by now, or not needed
+
+    def _store_hashed(
+        self, store: Store, c: Candidate, meta: Metadata, hashed: Hashed
+    ) -> dict[str, Any] | None:
         d = hashed.digests
         key = content_key(store.prefix, self.msg.project_id, d.sha256, c.path.name)
         did = datum_id(self.msg.project_id, self.msg.execution_id, c.rel, d.sha256)
-        if self.rt.datums.is_purged(did):
-            # Someone purged this very datum: storing the same file again must not revive it.
-            self.refuse(c.rel, f"datum {did} was purged; its content is not stored again")
-            return None
         index = self.rt.datums
         # The reference is taken before the store is asked, under the key's lock, so a purge
         # of another datum with the same content cannot delete it in between.
-        with index.content_lock(self.store_name, key):
-            index.reserve(self.store_name, key, did)
+        if not index.reserve(self.store_name, key, did):
+            # Someone purged this very datum: storing the same file again must not revive it.
+            self.refuse(c.rel, f"datum {did} was purged; its content is not stored again")
+            return None
         try:
             deduplicated = send(store, hashed, key, self.rt.transfer)
         except BaseException:
@@ -246,29 +263,27 @@ class OutputsJob:
         versions = self.join_versions(datum, meta)
         if datum.alias is not None:
             self.move_alias(store, datum, datum.alias)
-        self.rt.events.publish(
-            EV_OUTPUT_STORED,
-            self.msg.execution_id,
-            OutputStored(
-                execution_id=self.msg.execution_id,
-                project_id=self.msg.project_id,
-                datum_id=datum.datum_id,
-                path=datum.path,
-                uri=datum.uri,
-                key=datum.key,
-                size=datum.size,
-                md5=datum.md5,
-                sha1=datum.sha1,
-                sha256=datum.sha256,
-                deduplicated=deduplicated,
-                tags=datum.tags,
-                alias=datum.alias,
-                dataset_versions=versions,
-            ),
-            self.msg.execution_id,
-            datum.path,
-            datum.sha256,
+        stored = OutputStored(
+            execution_id=self.msg.execution_id,
+            project_id=self.msg.project_id,
+            datum_id=datum.datum_id,
+            path=datum.path,
+            uri=datum.uri,
+            key=datum.key,
+            size=datum.size,
+            md5=datum.md5,
+            sha1=datum.sha1,
+            sha256=datum.sha256,
+            deduplicated=deduplicated,
+            tags=datum.tags,
+            alias=datum.alias,
+            dataset_versions=versions,
         )
+        ids = (self.msg.execution_id, datum.path, datum.sha256)
+        if self.defer_events:
+            self.rt.events.defer([(EV_OUTPUT_STORED, self.msg.execution_id, stored, ids)])
+        else:
+            self.rt.events.publish(EV_OUTPUT_STORED, self.msg.execution_id, stored, *ids)
         return {
             "datum_id": datum.datum_id,
             "path": datum.path,
@@ -362,20 +377,21 @@ def store_outputs(
 ) -> Outcome:
     """Store every output; the summary and ``haul.outputs.stored`` for the runner to publish."""
     started = time.monotonic()
-    job = OutputsJob(runtime, msg)
+    job = OutputsJob(runtime, msg, defer_events=True)
     if not job.outputs.is_dir() or job.outputs.is_symlink():
         raise OutputsFailedError(f"execution {msg.execution_id} has no outputs/ folder")
     store = runtime.sources.store(job.store_name)
     # A watch of this execution ends now; files it stored are recognised, not sent again.
     live = LiveFiles(runtime.redis, msg.execution_id)
-    live.stop()
-    watched = live.watched()
+    watched = live.stop()
     candidates, refused = scan(job.outputs)
     for rel, reason in refused:
         job.refuse(rel, reason)
     stored = []
     for c in candidates:
         _check_lease(lease_lost, msg.execution_id)
+        if c.size >= _FLUSH_BEFORE_BYTES:
+            runtime.events.flush()  # what is stored so far is not held while this one goes
         one = job.store_watched(store, c, live) if watched else job.store_one(store, c)
         if one is not None:
             stored.append(one)

@@ -344,5 +344,6 @@ def _fetch(
             stop=stop,
         )
     finally:
-        job.finished.flush()
+        # The last records go out with the job's next events (its final or failure event).
+        job.rt.events.defer([], [job.finished])
     return got, failures

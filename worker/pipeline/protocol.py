@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from worker.errors import HaulError, InternalError, LeaseLost, RedisUnavailable
-from worker.events import Pending
+from worker.events import Pending, Rider
 from worker.logs import redact_text
 from worker.pipeline.runtime import Runtime
 
@@ -117,17 +117,27 @@ def as_haul_error(exc: BaseException) -> HaulError:
 
 
 def execute(
-    runtime: Runtime, job: Job[M], msg: M, lease_lost: threading.Event | None = None
+    runtime: Runtime,
+    job: Job[M],
+    msg: M,
+    lease_lost: threading.Event | None = None,
+    riders: Sequence[Rider] = (),
 ) -> dict[str, Any]:
     """Run ``job`` for a valid ``msg``; publish its final or its failure event; the summary.
 
-    Raises the failure (as a :class:`HaulError`) after its event was published.
+    The final (or failure) event goes out in one round trip with everything the job deferred
+    (:meth:`EventPublisher.defer`) and ``riders`` (the runner's lease release). Raises the
+    failure (as a :class:`HaulError`) after its event was published.
     """
     try:
         outcome = job.run(runtime, msg, lease_lost)
         if outcome.event is not None:
-            runtime.events.publish(*_publish_args(outcome.event))
+            runtime.events.publish(*_publish_args(outcome.event), riders=riders)
+        else:
+            runtime.events.flush(riders)
     except LeaseLost:
+        # The new holder publishes the same facts (the same ids); nothing of this copy's.
+        runtime.events.drop_deferred()
         raise
     except Exception as exc:  # the task boundary: every failure becomes an event
         error = as_haul_error(exc)
@@ -135,20 +145,27 @@ def execute(
             log.warning("%s failed: %s: %s", job.task, error.code, error)
         else:
             log.exception("%s failed unexpectedly", job.task)
-        _report(runtime, job, msg, error)
+        _report(runtime, job, msg, error, riders)
         if error is exc:
             raise
         raise error from None
     return outcome.summary
 
 
-def _report(runtime: Runtime, job: Job[M], msg: M, error: HaulError) -> None:
-    if job.failed is None:
-        return
+def _report(
+    runtime: Runtime, job: Job[M], msg: M, error: HaulError, riders: Sequence[Rider]
+) -> None:
     try:
-        runtime.events.publish(*_publish_args(job.failed(runtime, msg, error)))
+        if job.failed is None:
+            runtime.events.flush(riders)
+        else:
+            runtime.events.publish(*_publish_args(job.failed(runtime, msg, error)), riders=riders)
     except Exception:  # the failure is still raised; a lost event must not hide it
         log.exception("could not publish the failure of %s", job.task)
+    finally:
+        # Whatever could not be sent must not go out with the next job's events.
+        if dropped := runtime.events.drop_deferred():
+            log.warning("%d deferred records of %s were not published", dropped, job.task)
 
 
 def _publish_args(event: Pending) -> tuple[Any, ...]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+from redis.exceptions import NoScriptError
 
 from worker.constants import KEY_CHANGE_MEMORY
 from worker.sizes import format_size
@@ -55,6 +58,8 @@ class ScriptClient(Protocol):
 
     def pipeline(self, transaction: bool = ...) -> Any: ...
 
+    def script_load(self, script: str) -> Any: ...
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -87,17 +92,39 @@ class ChangeMemory:
         return _answer(self._record(**_script_call(project_id, url, seen)))
 
     def record_many(
-        self, client: ScriptClient, project_id: str, sightings: list[tuple[str, Seen]]
-    ) -> list[tuple[Seen | None, Seen]]:
-        """:meth:`record` for many URLs, ``chunk`` scripts per round trip; same answers."""
-        answers: list[tuple[Seen | None, Seen]] = []
-        chunk = 1000
-        for start in range(0, len(sightings), chunk):
+        self,
+        client: ScriptClient,
+        project_id: str,
+        sightings: list[tuple[str, Seen]],
+        first: Callable[[Any], None] | None = None,
+    ) -> tuple[list[Any], list[tuple[Seen | None, Seen]]]:
+        """:meth:`record` for many URLs in one round trip; same answers.
+
+        ``first(pipe)`` may queue other commands ahead of the scripts (the caller's reads of
+        the same moment); their results come first in the returned pair. The scripts are
+        called by their sha without redis-py's ``SCRIPT EXISTS`` before every pipeline: a
+        Redis that does not know the script (first use, a restart) gets it loaded and the
+        whole pipeline (reads and replay-safe scripts) once more.
+        """
+
+        def send() -> tuple[int, list[Any]]:
             pipe = client.pipeline(transaction=False)
-            for url, seen in sightings[start : start + chunk]:
-                self._record(**_script_call(project_id, url, seen), client=pipe)
-            answers += [_answer(raw) for raw in pipe.execute()]
-        return answers
+            if first is not None:
+                first(pipe)
+            ahead = len(pipe.command_stack)
+            for url, seen in sightings:
+                call = _script_call(project_id, url, seen)
+                pipe.evalsha(self._record.sha, len(call["keys"]), *call["keys"], *call["args"])
+            return ahead, pipe.execute(raise_on_error=False)
+
+        ahead, results = send()
+        if any(isinstance(r, NoScriptError) for r in results):
+            self._record.sha = client.script_load(self._record.script)
+            ahead, results = send()
+        for raw in results:
+            if isinstance(raw, Exception):
+                raise raw
+        return results[:ahead], [_answer(raw) for raw in results[ahead:]]
 
 
 def _script_call(project_id: str, url: str, seen: Seen) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import LockError
 
 from worker.constants import (
     KEY_CONTENT_REFS,
@@ -34,6 +36,31 @@ from worker.models import Datum
 from worker.stores.base import Store, join_key
 
 _NAMESPACE = uuid.UUID("0b8d6a4e-2f61-4a53-8d0e-1f2a3b4c5d6e")
+#: how often a reservation looks again while a purge holds the content's lock
+_LOCK_POLL_S = 0.1
+
+# The reservation of a datum not recorded yet, in one round trip: what taking the content's
+# lock, adding the reference and giving the lock back did in three. It adds the reference only
+# while nobody (a purge) holds the lock. KEYS: the datum's record, the content's lock, the
+# content's references; ARGV[1]: the datum id. 1: reserved; 0: the lock is held (try again);
+# 2: the datum is recorded already (the caller checks whether it was purged).
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+# A new datum's record and its two set memberships in one round trip. KEYS: the record, the
+# project's datums, the content's references; ARGV: the record, the datum id. nil: recorded
+# now; else the record that was there (a redelivery, whose references the caller adds).
+_ADD = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('SADD', KEYS[3], ARGV[2])
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
 
 
 def datum_id(project_id: str, execution_id: str, path: str, sha256: str) -> str:
@@ -61,6 +88,8 @@ def _encode(datum: Datum) -> bytes:
 class DatumIndex:
     def __init__(self, client: Redis[bytes]) -> None:
         self.client = client
+        self._reserve: Any = client.register_script(_RESERVE)
+        self._add: Any = client.register_script(_ADD)
 
     @contextmanager
     def content_lock(self, store: str, key: str, timeout_s: float = 120.0) -> Iterator[None]:
@@ -81,9 +110,28 @@ class DatumIndex:
         raw = self.client.get(f"{KEY_DATUM}:{datum}")
         return raw is not None and bool(json.loads(raw).get("purged"))
 
-    def reserve(self, store: str, key: str, datum: str) -> None:
-        """Count ``datum`` as a reference to ``key`` before its content is (maybe) sent."""
-        self.client.sadd(_refs_key(store, key), datum)
+    def reserve(self, store: str, key: str, datum: str, timeout_s: float = 120.0) -> bool:
+        """Count ``datum`` as a reference to ``key`` before its content is (maybe) sent, under
+        the content's lock (:meth:`content_lock`) so that a purge of another datum with the
+        same content cannot delete it in between; False (nothing reserved) when ``datum``
+        itself was purged: storing the same file again must not revive it.
+
+        A datum not recorded yet (the usual case) is reserved in one round trip; waiting for a
+        purge's lock takes as long as :meth:`content_lock` would (``LockError`` after it).
+        """
+        refs = _refs_key(store, key)
+        keys = [f"{KEY_DATUM}:{datum}", refs + ":lock", refs]
+        deadline = time.monotonic() + timeout_s
+        while (got := int(self._reserve(keys=keys, args=[datum]))) == 0:
+            if time.monotonic() > deadline:
+                raise LockError(f"the content lock of {key} was held for {timeout_s:g} s")
+            time.sleep(_LOCK_POLL_S)
+        if got == 2:
+            if self.is_purged(datum):
+                return False
+            with self.content_lock(store, key, timeout_s):
+                self.client.sadd(refs, datum)
+        return True
 
     def release(self, store: str, key: str, datum: str) -> None:
         """Undo :meth:`reserve` when the datum was not recorded after all."""
@@ -93,8 +141,15 @@ class DatumIndex:
     def add(self, datum: Datum) -> Datum:
         """Record a new datum; an existing record with the same id wins (redelivery)."""
         payload = json.dumps(datum.model_dump(mode="json"))
-        created = self.client.set(f"{KEY_DATUM}:{datum.datum_id}", payload, nx=True)
-        current = datum if created else self.get(datum.datum_id)
+        keys = [
+            f"{KEY_DATUM}:{datum.datum_id}",
+            f"{KEY_PROJECT_DATUMS}:{datum.project_id}",
+            _refs_key(datum.store, datum.key),
+        ]
+        raw = self._add(keys=keys, args=[payload, datum.datum_id])
+        if raw is None:
+            return datum
+        current = Datum.model_validate_json(raw)
         if not current.purged:
             pipe = self.client.pipeline()
             pipe.sadd(f"{KEY_PROJECT_DATUMS}:{datum.project_id}", datum.datum_id)

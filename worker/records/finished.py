@@ -4,7 +4,7 @@ A finished file is noted in one Redis hash per execution (``haul:inputs:files:<e
 so a redelivered ``prepare_inputs`` reuses a complete file at its final name instead of
 fetching it again. Records are written in batches (``_BATCH`` files, or every ``_EVERY_S``): a
 few files finished just before a crash are fetched again, where a round trip per small file
-would cost more.
+would cost more. The last batch rides in the job's next event pipeline (:meth:`board`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -74,6 +75,19 @@ class FinishedFiles:
     def flush_if_due(self) -> None:
         if time.monotonic() - self._flushed_at >= _EVERY_S:
             self.flush()
+
+    def board(self, pipe: Any) -> None:
+        """The last buffered records, written in ``pipe`` (a Rider: the job's next event
+        pipeline); nothing once the transfers were stopped. Lost if that pipeline fails:
+        records only save refetching."""
+        with self._lock:
+            batch, self._buffer = self._buffer, {}
+        if batch and not (self.stopped is not None and self.stopped.is_set()):
+            pipe.hset(self.key, mapping=batch)
+            pipe.expire(self.key, _TTL_S)
+
+    def landed(self) -> None:
+        return None
 
     def flush(self) -> None:
         """Write the buffered records.

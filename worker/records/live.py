@@ -105,12 +105,14 @@ class LiveFiles:
         return f"{prefix}:{self.execution_id}"
 
     # ------------------------------------------------------------------ store_outputs side
-    def stop(self) -> None:
-        """``store_outputs`` began: every watch of the execution ends."""
-        self.client.set(self._key(KEY_WATCH_STOP), "1", ex=_TTL_S)
-
-    def watched(self) -> bool:
-        return bool(self.client.exists(self._key(KEY_WATCH_ACTIVE)))
+    def stop(self) -> bool:
+        """``store_outputs`` began: every watch of the execution ends. True when a watch may
+        have run (then files it stored are recognised); one round trip for both."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._key(KEY_WATCH_STOP), "1", ex=_TTL_S)
+        pipe.exists(self._key(KEY_WATCH_ACTIVE))
+        _, active = pipe.execute()
+        return bool(active)
 
     # ------------------------------------------------------------------ watch side
     def stopped(self) -> bool:

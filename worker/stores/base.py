@@ -174,6 +174,21 @@ class Store(ObjectSource, Protocol):
         ...
 
 
+@runtime_checkable
+class StagingStore(Protocol):
+    """A store that can take a private copy of a file written while the file is hashed (a
+    local folder): :meth:`Store.create` of that file then compares it with the copy instead
+    of copying and hashing it again."""
+
+    def stage(self, source: Path) -> int:
+        """A new private file inside the store for ``source``'s bytes, open for writing."""
+        ...
+
+    def unstage(self, source: Path) -> None:
+        """Forget (and remove) ``source``'s private copy, if it still has one."""
+        ...
+
+
 def join_key(*parts: str) -> str:
     """Join key parts with single slashes, dropping empty parts."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))

@@ -2,9 +2,11 @@
 
 Conditional create is an exclusive hard link: the bytes are copied to a private temporary file
 inside the store (same file system), flushed, then ``os.link``-ed to the key, which fails if the
-key exists. Readers therefore never see a partial object at a key, and nothing is overwritten.
-Where the share does not support hard links, ``O_EXCL`` creation of a lock name plus an atomic
-rename is used instead.
+key exists. An output (``store_outputs``) is written to that private file while it is hashed
+(:meth:`LocalStore.stage`); ``create`` then compares the file with it byte for byte instead of
+copying it again with a second md5. Readers therefore never see a partial object at a key,
+and nothing is overwritten. Where the share does not support hard links, ``O_EXCL`` creation
+of a lock name plus an atomic rename is used instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -103,11 +106,34 @@ def _copy(src_path: Path, tmp: Path) -> tuple[int, str]:
     return copied, md5.hexdigest()
 
 
+def _same_bytes(src_path: Path, copy: Path, size: int) -> bool:
+    """``src_path`` (never through a symlink) holds exactly ``size`` bytes equal to ``copy``."""
+    try:
+        src = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False  # replaced by a symlink
+        raise
+    try:
+        if os.fstat(src).st_size != size:
+            return False
+        with copy.open("rb") as other:
+            while chunk := os.read(src, _COPY_BUFFER):
+                if other.read(len(chunk)) != chunk:
+                    return False
+            return other.read(1) == b""
+    finally:
+        os.close(src)
+
+
 class LocalStore(SourceBase):
     def __init__(self, name: str, root: Path, prefix: str = "") -> None:
         self.name = name
         self.root = root
         self.prefix = prefix.strip("/")
+        #: source file -> its private copy written while it was hashed (:meth:`stage`)
+        self._staged: dict[Path, Path] = {}
+        self._lock = threading.Lock()
 
     # -------------------------------------------------------------------------- helpers
     def _path(self, key: str) -> Path:
@@ -180,18 +206,45 @@ class LocalStore(SourceBase):
         target = self._path(key)
         if target.exists():
             raise AlreadyExists(f"already exists: {key}")
-        tmp = self._tmp_path()
+        with self._lock:
+            staged = self._staged.pop(path, None)
+        tmp = staged or self._tmp_path()
         try:
-            copied, digest = _copy(path, tmp)
-            # The md5 is the caller's hash of the file: bytes that differ (the file was
-            # rewritten after it was hashed) never reach a content-addressed key.
-            if copied != size or (md5 is not None and digest != md5):
-                raise Changed(f"{path.name} changed while it was being stored")
+            if staged is not None:
+                # The copy holds the very bytes that were hashed; the file must still hold
+                # them too (byte for byte, a cheaper check than a second md5).
+                if not _same_bytes(path, staged, size):
+                    raise Changed(f"{path.name} changed while it was being stored")
+            else:
+                copied, digest = _copy(path, tmp)
+                # The md5 is the caller's hash of the file: bytes that differ (the file was
+                # rewritten after it was hashed) never reach a content-addressed key.
+                if copied != size or (md5 is not None and digest != md5):
+                    raise Changed(f"{path.name} changed while it was being stored")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(tmp, target)
         except OSError as exc:
             raise _translate(exc, key) from None
         finally:
+            tmp.unlink(missing_ok=True)
+
+    def stage(self, source: Path) -> int:
+        """A private file in the store's temporary folder for ``source``'s bytes, written while
+        they are hashed (:func:`worker.transfer.upload.hash_file`); :meth:`create` of
+        ``source`` then links it instead of copying."""
+        tmp = self._tmp_path()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise _translate(exc, tmp.name) from None
+        with self._lock:
+            self._staged[source] = tmp
+        return fd
+
+    def unstage(self, source: Path) -> None:
+        with self._lock:
+            tmp = self._staged.pop(source, None)
+        if tmp is not None:
             tmp.unlink(missing_ok=True)
 
     def delete(self, key: str) -> bool:

@@ -195,14 +195,20 @@ class HashWriteSink:
 _HASH_PIECE = 4 * 1024 * 1024
 
 
-def hash_path(path: Path, *, threaded_above: int = 16 * 1024 * 1024) -> Digests:
-    """md5, sha1 and sha256 of a local file in one read, with bounded buffers."""
+def hash_path(
+    path: Path, *, threaded_above: int = 16 * 1024 * 1024, copy_to: int | None = None
+) -> Digests:
+    """md5, sha1 and sha256 of a local file in one read, with bounded buffers; with
+    ``copy_to`` (a new file's descriptor) the bytes read are also written there, in the same
+    pass, and flushed to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         pool = BufferPool(4, _HASH_PIECE)
         sink = HashWriteSink(
-            -1, threads=size > threaded_above, free=lambda p: pool.release(p.buffer)
+            -1 if copy_to is None else copy_to,
+            threads=size > threaded_above,
+            free=lambda p: pool.release(p.buffer),
         )
         try:
             offset = index = 0
@@ -212,10 +218,14 @@ def hash_path(path: Path, *, threaded_above: int = 16 * 1024 * 1024) -> Digests:
                 if n == 0:
                     pool.release(buf)
                     break
-                sink.feed(Piece(index, offset, memoryview(buf)[:n], buf, write=False))
+                piece = Piece(index, offset, memoryview(buf)[:n], buf, write=copy_to is not None)
+                sink.feed(piece)
                 offset += n
                 index += 1
-            return sink.finish()
+            digests = sink.finish()
+            if copy_to is not None:
+                os.fsync(copy_to)
+            return digests
         finally:
             sink.close()
     finally:

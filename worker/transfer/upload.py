@@ -6,7 +6,10 @@ whether that content is already there, and only new content is sent, with the st
 conditional create and the md5, so the store can reject bytes that differ from the ones hashed.
 Each backend sends large files as parallel parts itself (S3 multipart, Azure blocks, Swift SLO
 segments, GCS resumable chunks), because how parts are assembled, and conditionally, differs
-per store. A file that changes between hashing and sending is refused (:class:`Changed`).
+per store. A file that changes between hashing and sending is refused (:class:`Changed`). A
+local folder (a :class:`~worker.stores.base.StagingStore`) gets its private copy in the hashing
+read itself and compares the file with it when asked to create the key: a second read, but no
+second md5 and no second write.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from worker.errors import (
 )
 from worker.hashing import Digests
 from worker.retry import store_type_of
-from worker.stores.base import ObjectInfo, Store
+from worker.stores.base import ObjectInfo, StagingStore, Store
 from worker.transfer.config import TransferConfig
 from worker.transfer.sink import hash_path
 
@@ -52,10 +55,17 @@ class Hashed:
     path: Path
     digests: Digests
     identity: tuple[int, int, int]
+    #: the store that holds a private copy written in the same read as the hashes
+    staged_in: StagingStore | None = None
 
     def check_unchanged(self) -> None:
         if _identity(self.path) != self.identity:
             raise Changed(f"{self.path.name} changed while it was being stored")
+
+    def discard(self) -> None:
+        """Remove the private copy if the store did not use it (content already there...)."""
+        if self.staged_in is not None:
+            self.staged_in.unstage(self.path)
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
@@ -67,13 +77,33 @@ def _identity(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def hash_file(path: Path, cfg: TransferConfig) -> Hashed:
-    """The three digests in one read; Changed if the file moved meanwhile."""
+def hash_file(path: Path, cfg: TransferConfig, store: Store | None = None) -> Hashed:
+    """The three digests in one read; Changed if the file moved meanwhile.
+
+    For a :class:`StagingStore` (a local folder) and a file up to the multipart threshold, the
+    same read also writes the store's private copy, which its ``create`` compares with the file
+    instead of copying it with a second md5 (the caller calls ``Hashed.discard`` in the end).
+    Larger files are not staged, so content the store already holds is not written in vain.
+    """
     before = _identity(path)
-    digests = hash_path(path, threaded_above=cfg.multipart_threshold_bytes)
+    threshold = cfg.multipart_threshold_bytes
+    staging = store if isinstance(store, StagingStore) and before[1] <= threshold else None
+    if staging is not None:
+        fd = staging.stage(path)
+        try:
+            digests = hash_path(path, threaded_above=threshold, copy_to=fd)
+        except BaseException:
+            staging.unstage(path)
+            raise
+        finally:
+            os.close(fd)
+    else:
+        digests = hash_path(path, threaded_above=threshold)
+    hashed = Hashed(path, digests, before, staging)
     if _identity(path) != before:
+        hashed.discard()
         raise Changed(f"{path.name} changed while it was being hashed")
-    return Hashed(path, digests, before)
+    return hashed
 
 
 def _same_content(info: ObjectInfo, digests: Digests) -> bool:
@@ -129,7 +159,10 @@ def upload(
 ) -> Uploaded:
     """Hash, then store at ``key_for(digests)`` (content already there is not sent again)."""
     started = time.monotonic()
-    hashed = hash_file(path, cfg)
-    key = key_for(hashed.digests)
-    deduplicated = send(store, hashed, key, cfg)
+    hashed = hash_file(path, cfg, store)
+    try:
+        key = key_for(hashed.digests)
+        deduplicated = send(store, hashed, key, cfg)
+    finally:
+        hashed.discard()
     return Uploaded(hashed.digests, key, deduplicated, time.monotonic() - started)

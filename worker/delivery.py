@@ -35,6 +35,9 @@ Where = Literal["queued", "unacked", "started", "nowhere", "unknown"]
 #: separator between a queue's name and its priority step in the names of its lists
 UNACKED_KEY = "unacked"
 PRIORITY_SEP = "\x06\x16"
+#: kombu's default priority steps: a queue's messages of priority step ``n`` > 0 are in the list
+#: ``<queue><PRIORITY_SEP><n>``
+PRIORITY_STEPS = (0, 3, 6, 9)
 #: two looks this far apart that both find a message nowhere: it is lost (the window in which a
 #: live consumer holds a popped message before recording it lasts milliseconds)
 CONFIRM_S = 3.0
@@ -63,7 +66,7 @@ class DeliveryCheck:
     clock: Callable[[], float] = time.monotonic
     resent: list[str] = field(default_factory=list)
 
-    def where(self, task_id: str) -> Where:
+    def where(self, task_id: str, queue: str) -> Where:
         """Looks in the order a message moves (queue list, ``unacked``, a task state), so one
         that moves during the look is found at its next place rather than missed."""
         if self.broker is None:
@@ -71,7 +74,7 @@ class DeliveryCheck:
         needle = task_id.encode()
         return (
             "queued"
-            if self._queued(needle)
+            if self._queued(needle, queue)
             else "unacked"
             if any(needle in raw for raw in self.broker.hvals(UNACKED_KEY))
             else "started"
@@ -79,11 +82,12 @@ class DeliveryCheck:
             else "nowhere"
         )
 
-    def _queued(self, needle: bytes) -> bool:
+    def _queued(self, needle: bytes, queue: str) -> bool:
         assert self.broker is not None
-        for key in self.broker.scan_iter(match="haul.*", count=1000):
-            if self.broker.type(key) != b"list":  # type: ignore[no-untyped-call]
-                continue
+        # only the sent queue's own lists: a scan of the keyspace would cost as much as the
+        # datum index and the change memory hold
+        for step in PRIORITY_STEPS:
+            key = f"{queue}{PRIORITY_SEP}{step}" if step else queue
             # a queue of many messages is read in pages: the check costs one pass over it
             for start in range(0, self.broker.llen(key), 1000):
                 if any(needle in item for item in self.broker.lrange(key, start, start + 999)):
@@ -100,7 +104,7 @@ class DeliveryCheck:
     def resend_if_lost(self, sent: Sent, send: Callable[[Sent], None]) -> bool:
         """Send ``sent`` again (``send``) once two looks ``confirm_s`` apart found it nowhere;
         True when it did."""
-        if self.where(sent.task_id) != "nowhere":
+        if self.where(sent.task_id, sent.queue) != "nowhere":
             sent.missing_since = None
             return False
         now = self.clock()

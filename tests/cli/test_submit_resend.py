@@ -15,6 +15,7 @@ from redis import Redis
 
 from tests.support.servers import RedisServer
 from tests.support.worker import worker_env
+from worker.delivery import CONFIRM_S, PRIORITY_STEPS
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +28,11 @@ def _poll(check: object, timeout_s: float, what: str) -> object:
             return got
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+def _llen_calls(r: Redis[bytes]) -> int:
+    stats = r.info("commandstats").get("cmdstat_llen", {})
+    return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
 
 
 def test_submit_wait_resends_a_message_popped_by_a_dead_consumer(
@@ -56,7 +62,13 @@ def test_submit_wait_resends_a_message_popped_by_a_dead_consumer(
         assert second["headers"]["id"] == first["headers"]["id"]
         assert second["body"] == first["body"]
         r.lpush(queue, again[1])  # type: ignore[index]
-        time.sleep(4.0)  # two looks' worth: it stays queued, so no third copy
+        # No third copy: every look the sender makes from now on finds the message queued.
+        # Waited for by what the sender does (each look reads the queue's lists with LLEN): a
+        # full look made after one confirmation gap would have resent a lost message.
+        requeued_at = time.monotonic()
+        _poll(lambda: time.monotonic() - requeued_at > CONFIRM_S, 20, "one confirmation gap")
+        looked = _llen_calls(r)
+        _poll(lambda: _llen_calls(r) >= looked + 2 * len(PRIORITY_STEPS), 20, "two more looks")
         assert r.llen(queue) == 1
     finally:
         proc.terminate()

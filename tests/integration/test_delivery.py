@@ -47,12 +47,21 @@ def _resend(app: Celery) -> Any:
     return lambda s: _send(app, s.task_id)
 
 
+def test_a_message_of_a_priority_step_is_found_in_its_queues_priority_list(world: Any) -> None:
+    app, r, _ = world
+    result = app.send_task(TASK_PREPARE_INPUTS, args=[MESSAGE], queue=QUEUE_INPUTS, priority=5)
+    lists = [k for k in r.keys(f"{QUEUE_INPUTS}*") if r.type(k) == b"list"]
+    assert lists == [f"{QUEUE_INPUTS}\x06\x163".encode()]  # kombu's step 3 list, not the queue's
+    assert DeliveryCheck(r, r).where(result.id, QUEUE_INPUTS) == "queued"
+    assert DeliveryCheck(r, r).where(result.id, "haul.other") == "nowhere"
+
+
 def test_a_queued_message_is_queued_and_never_resent(world: Any) -> None:
     app, r, clock = world
     check = DeliveryCheck(r, r, clock=clock)
     sent = _send(app)
     for _ in range(3):
-        assert check.where(sent.task_id) == "queued"
+        assert check.where(sent.task_id, sent.queue) == "queued"
         assert not check.resend_if_lost(sent, _resend(app))
         clock.now += 10
     assert r.llen(QUEUE_INPUTS) == 1
@@ -66,7 +75,7 @@ def test_a_message_popped_by_a_dead_consumer_is_resent_once_after_two_looks(worl
     sent = _send(app)
     popped = r.brpop([QUEUE_INPUTS], timeout=5)
     assert popped is not None and sent.task_id.encode() in popped[1]
-    assert check.where(sent.task_id) == "nowhere"
+    assert check.where(sent.task_id, sent.queue) == "nowhere"
     assert not check.resend_if_lost(sent, _resend(app))  # first look: only noted
     clock.now += 1.0
     assert not check.resend_if_lost(sent, _resend(app))  # too soon to call it lost
@@ -92,12 +101,12 @@ def test_a_message_a_consumer_holds_unacked_is_not_resent(
         channel = conn.default_channel
         held = channel.basic_get(QUEUE_INPUTS, no_ack=False)  # kombu writes it to unacked
         assert held is not None
-        assert check.where(sent.task_id) == "unacked"
+        assert check.where(sent.task_id, sent.queue) == "unacked"
         for _ in range(2):
             assert not check.resend_if_lost(sent, _resend(app))
             clock.now += 10
         channel.basic_ack(held.delivery_tag)
-    assert check.where(sent.task_id) == "nowhere"
+    assert check.where(sent.task_id, sent.queue) == "nowhere"
 
 
 def test_a_started_task_is_found_by_its_state(world: Any) -> None:
@@ -106,13 +115,13 @@ def test_a_started_task_is_found_by_its_state(world: Any) -> None:
     sent = _send(app)
     r.delete(QUEUE_INPUTS)
     r.set(f"celery-task-meta-{sent.task_id}", json.dumps({"status": "STARTED"}))
-    assert check.where(sent.task_id) == "started"
+    assert check.where(sent.task_id, sent.queue) == "started"
 
 
 def test_without_a_redis_broker_the_answer_is_unknown(world: Any) -> None:
     app, r, clock = world
     check = DeliveryCheck(None, r, clock=clock)
     sent = Sent(TASK_PREPARE_INPUTS, "no-such-id", QUEUE_INPUTS, MESSAGE)
-    assert check.where(sent.task_id) == "unknown"
+    assert check.where(sent.task_id, sent.queue) == "unknown"
     clock.now += 10
     assert not check.resend_if_lost(sent, _resend(app))

@@ -24,13 +24,16 @@ import pytest
 from tests.e2e_stores.conftest import PREFIX, sums, tag
 from tests.faults.conftest import (
     MAX_ATTEMPTS,
+    RETRY_BUDGET_S,
     THRESHOLD_BYTES,
     Faulty,
     random_bytes,
 )
 from tests.integration.conftest import new_id
 from tests.support.faultproxy import ALL_RANDOM, Fault, FaultProxy
+from tests.support.worker import worker_env
 from worker.constants import KEY_LEASE, TASK_STORE_OUTPUTS
+from worker.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -315,13 +318,17 @@ def test_a_store_answering_503_forever_costs_exactly_max_attempts_requests(
 ) -> None:
     """Every request for the object answered 503: the input fails with ``transient_error``
     after exactly ``max_attempts`` requests for it (HTTP: plus the small-object lane's one
-    probe, which hands anything unusual to the ordinary way without retrying), and leaves no
-    file."""
+    probe, which hands anything unusual to the ordinary way without retrying), within the
+    worker's ``retry_budget_s`` from its first request for the object, and leaves no file."""
+    settings = load_settings(worker_env(faulty.lake.haul.redis_url, faulty.lake.haul.data_dir,
+                                        faulty.lake.env))  # fmt: skip
+    assert (settings.max_attempts, settings.retry_budget_s) == (MAX_ATTEMPTS, RETRY_BUDGET_S)
     key = f"always-{tag()}/data.bin"
     faulty.bucket.put(key, random_bytes(100 * KiB))
     faulty.proxy.force(Fault.STATUS_503, key=key)
 
     eid, state, _ = _prepare(faulty, [{"name": "x", "urls": [faulty.bucket.url(key)]}])
+    outcome_seen = time.monotonic()
     assert state == "FAILURE"
     [failed] = faulty.lake.events(eid, "haul.inputs.failed")
     assert failed["data"]["error"]["code"] == "transient_error", failed
@@ -332,6 +339,10 @@ def test_a_store_answering_503_forever_costs_exactly_max_attempts_requests(
         assert [r.range for r in requests[:1]] == [lane_probe], requests
         requests = requests[1:]
     assert len(requests) == MAX_ATTEMPTS, [(r.method, r.range) for r in requests]
+    # From the first request for the object to the failure's outcome reaching the test (an
+    # upper bound of the worker's own time): within the budget, whatever the backoff drew.
+    elapsed = outcome_seen - faulty.proxy.records(key)[0].at
+    assert elapsed <= settings.retry_budget_s, (elapsed, settings.retry_budget_s)
 
 
 @pytest.mark.parametrize("faulty", ["http"], indirect=True)

@@ -147,6 +147,8 @@ class ProxyRecord:
     #: the object a GCS multipart upload names in its JSON metadata part
     name: str | None = None
     fault: Fault | None = None
+    #: time.monotonic() when the request arrived
+    at: float = field(default_factory=time.monotonic)
     status: int = 0  # what the client was sent (0: nothing, a reset or a stall)
     forwarded: bool = False
     #: time.monotonic() when the request was sent upstream (0: it never was)

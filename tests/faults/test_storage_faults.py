@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -278,15 +279,47 @@ def test_ten_percent_of_requests_faulted_end_byte_correct_or_cleanly_failed(faul
     assert sum(faults.values()) > 0, "the plan faulted nothing: the test proved nothing"
 
 
-#: how long after its first ranged read each racing object is replaced (seconds)
-RACE_DELAYS_S = (0.0, 0.01, 0.03, 0.08)
+@pytest.mark.parametrize("fault", [Fault.WRONG_LENGTH, Fault.TRUNCATE])
+@pytest.mark.parametrize("faulty", ["s3", "azure", "gcs", "swift"], indirect=True)
+def test_a_listing_page_cut_short_is_retried(faulty: Faulty, fault: Fault) -> None:
+    """A wildcard's listing page whose body is cut (a wrong Content-Length that looks
+    complete, or a body that ends early) is a temporary error, retried: the input is laid out
+    whole. Swift: the empty page that ends its listing, ``[]`` cut to ``[``, which escaped as
+    ``internal_error: JSONDecodeError`` in issue 11's CI run; the others: the one page."""
+    folder = f"list-{tag()}"
+    prefix = f"{folder}/t/"
+    expected: dict[str, set[bytes]] = {}
+    for n in range(3):
+        data = f"{n},{folder}\n".encode() * 20
+        faulty.bucket.put(f"{prefix}{n}.csv", data)
+        expected[f"tables/{n}.csv"] = {data}
+
+    def page(rec: Any) -> bool:
+        query = unquote(rec.query)
+        last = "marker=" in query if faulty.kind == "swift" else True
+        return f"prefix={prefix}" in query and last
+
+    faulty.proxy.force(fault, methods=["GET"], where=page, times=1)
+    eid, state, summary = _prepare(
+        faulty, [{"name": "tables", "urls": [faulty.bucket.url(f"{prefix}*.csv")]}]
+    )
+    assert state == "SUCCESS", (summary, faulty.lake.haul.log_tail())
+    _check_inputs(faulty, eid, state, expected)
+    hits = [r for r in faulty.proxy.records() if r.fault is fault and page(r)]
+    assert len(hits) == 1, faulty.proxy.records()
+
+
+#: how long after its first ranged read each racing object is replaced (seconds). A 200 KiB
+#: object's other ranges take a few ms on loopback: 0 lands among them (either version; this
+#: is the old proxy's behaviour, the CI failure's "old, whole"), the longest after them (old).
+RACE_DELAYS_S = (0.0, 0.002, 0.005, 0.02)
 
 
 def test_an_object_replaced_at_any_moment_of_its_download_ends_whole_in_one_version(
     faulty: Faulty,
 ) -> None:
     """The race behind issue 11's CI failure: objects replaced at different moments after
-    their first ranged read (on a thread, 0 to 80 ms later, while the other ranges are being
+    their first ranged read (on a thread, 0 to 20 ms later, while the other ranges are being
     read). Each file ends whole, in one version: the new one whenever a request for it was
     sent after the replacement (its pinned read met the new version and the object started
     over), the old one only if every read came before the replacement. Never a mix."""

@@ -181,11 +181,14 @@ class _Rule:
     methods: frozenset[str] | None
     ranged: bool
     times: int | None
+    where: Callable[[ProxyRecord], bool] | None = None
 
     def matches(self, rec: ProxyRecord) -> bool:
         if self.methods is not None and rec.method not in self.methods:
             return False
         if self.ranged and not rec.range:
+            return False
+        if self.where is not None and not self.where(rec):
             return False
         return self.key is None or rec.is_for(self.key)
 
@@ -262,12 +265,14 @@ class FaultProxy:
         methods: Sequence[str] | None = None,
         ranged: bool = False,
         times: int | None = None,
+        where: Callable[[ProxyRecord], bool] | None = None,
     ) -> None:
         """Give ``fault`` to the next ``times`` requests (None: every one) for ``key``, of
-        ``methods`` only (None: any), with a Range header only when ``ranged``."""
+        ``methods`` only (None: any), with a Range header only when ``ranged``, and for which
+        ``where(record)`` holds when given (a listing of one prefix: its query names it)."""
         allowed = frozenset(m.upper() for m in methods) if methods is not None else None
         with self._lock:
-            self._state.rules.append(_Rule(fault, key, allowed, ranged, times))
+            self._state.rules.append(_Rule(fault, key, allowed, ranged, times, where))
 
     def unforce(self, key: str | None = None) -> None:
         """Drop the forced rules (of ``key`` only, when given)."""

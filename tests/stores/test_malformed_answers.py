@@ -317,3 +317,65 @@ def test_a_cut_gcs_metadata_answer_is_a_temporary_error() -> None:
         finally:
             store.close()
     assert MALFORMED.says in str(caught.value) and MARK not in str(caught.value)
+
+
+@contextlib.contextmanager
+def raw_answer(answer: bytes) -> Iterator[str]:
+    """A local TCP server that reads a request and answers every connection with ``answer``
+    as it is (a status line http.server would never write), then closes."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/f.bin"
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2x6 Partial\r\n\r\n",
+        b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes 0-3/1",
+        b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes q-3/10\r\n"
+        b'ETag: "e"\r\n\r\ndata',
+        b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes 5-8/10\r\n"
+        b'ETag: "e"\r\n\r\ndata',
+    ],
+    ids=["garbled-status-line", "headers-cut", "garbled-content-range", "other-bytes"],
+)
+def test_a_garbled_http_answer_is_retried(answer: bytes) -> None:
+    """The HTTP source has no body to parse, only a status line and headers: garbled or cut,
+    they are a temporary error or an integrity error, both retried. A first range answered
+    with other bytes than those asked for (another start) is refused too: it would have been
+    placed at offset 0, a file of the right size and the wrong bytes."""
+    from worker.stores.http import HttpSource
+
+    with raw_answer(answer) as url:
+        http = HttpSource(allow_private=True, timeout_s=5.0)
+        try:
+            with pytest.raises(HaulError) as caught:
+                _, ctx = http.read_first(url, 1024)
+                ctx.stream.close()
+        finally:
+            http.close()
+    assert caught.value.retryable, caught.value
+    assert type(caught.value).__name__ in ("TransientError", "IntegrityError")

@@ -24,8 +24,12 @@ then sent on, either untouched or with one :class:`Fault`:
 * ``stall`` - nothing is forwarded or sent for ``stall_s`` (set it past the client's read
   timeout); the record says whether the client gave up first (``client_gave_up``).
 * ``replace`` - a ranged GET of an object registered with :meth:`FaultProxy.replace_on_read` is
-  answered normally, then the object is replaced upstream (by the test's callback), so the next
-  ranged read of it meets another version.
+  read from upstream, the object is replaced upstream (by the test's callback), and only then
+  is the old answer sent on: the replacement has landed between this read and the next, so
+  every later read of it meets the new version. With ``delay_s`` the callback runs instead on
+  a thread that far after the answer, landing at some moment of the reads that follow (a race,
+  as on a loaded machine). :meth:`FaultProxy.replaced` says when it ran and each record when it
+  was forwarded (``forwarded_at``), so a test can tell which versions a download may end with.
 * ``corrupt`` - the first body byte flipped (only by :meth:`FaultProxy.force` rules).
 
 Body faults (``truncate``, ``wrong_length``, ``corrupt``) need a body of 2+ bytes; a request
@@ -143,8 +147,12 @@ class ProxyRecord:
     #: the object a GCS multipart upload names in its JSON metadata part
     name: str | None = None
     fault: Fault | None = None
+    #: time.monotonic() when the request arrived
+    at: float = field(default_factory=time.monotonic)
     status: int = 0  # what the client was sent (0: nothing, a reset or a stall)
     forwarded: bool = False
+    #: time.monotonic() when the request was sent upstream (0: it never was)
+    forwarded_at: float = 0.0
     client_gave_up: bool = False  # a stalled client closed its end before the stall ended
 
     def is_for(self, key: str) -> bool:
@@ -173,13 +181,25 @@ class _Rule:
     methods: frozenset[str] | None
     ranged: bool
     times: int | None
+    where: Callable[[ProxyRecord], bool] | None = None
 
     def matches(self, rec: ProxyRecord) -> bool:
         if self.methods is not None and rec.method not in self.methods:
             return False
         if self.ranged and not rec.range:
             return False
+        if self.where is not None and not self.where(rec):
+            return False
         return self.key is None or rec.is_for(self.key)
+
+
+@dataclass
+class _Replacement:
+    replace: Callable[[], None]
+    #: replace-faulted ranged reads to let pass before this one replaces
+    skip: int = 0
+    #: run on a thread this long after the answer instead of before it (None: before)
+    delay_s: float | None = None
 
 
 @dataclass
@@ -189,7 +209,9 @@ class _State:
     kinds: tuple[Fault, ...] = ALL_RANDOM
     seen: Counter[tuple[str, str, str | None]] = field(default_factory=Counter)
     rules: list[_Rule] = field(default_factory=list)
-    replace: dict[str, Callable[[], None]] = field(default_factory=dict)
+    replace: dict[str, _Replacement] = field(default_factory=dict)
+    #: key -> (start, end) of its replacement, time.monotonic()
+    replaced: dict[str, tuple[float, float]] = field(default_factory=dict)
     log: list[ProxyRecord] = field(default_factory=list)
 
 
@@ -243,22 +265,39 @@ class FaultProxy:
         methods: Sequence[str] | None = None,
         ranged: bool = False,
         times: int | None = None,
+        where: Callable[[ProxyRecord], bool] | None = None,
     ) -> None:
         """Give ``fault`` to the next ``times`` requests (None: every one) for ``key``, of
-        ``methods`` only (None: any), with a Range header only when ``ranged``."""
+        ``methods`` only (None: any), with a Range header only when ``ranged``, and for which
+        ``where(record)`` holds when given (a listing of one prefix: its query names it)."""
         allowed = frozenset(m.upper() for m in methods) if methods is not None else None
         with self._lock:
-            self._state.rules.append(_Rule(fault, key, allowed, ranged, times))
+            self._state.rules.append(_Rule(fault, key, allowed, ranged, times, where))
 
     def unforce(self, key: str | None = None) -> None:
         """Drop the forced rules (of ``key`` only, when given)."""
         with self._lock:
             self._state.rules = [r for r in self._state.rules if key is not None and r.key != key]
 
-    def replace_on_read(self, key: str, replace: Callable[[], None]) -> None:
-        """Let a ranged GET of ``key`` drawing ``replace`` call ``replace()`` (once)."""
+    def replace_on_read(
+        self,
+        key: str,
+        replace: Callable[[], None],
+        *,
+        skip: int = 0,
+        delay_s: float | None = None,
+    ) -> None:
+        """Let a ranged GET of ``key`` drawing ``replace`` call ``replace()`` (once): before
+        its answer is sent, or on a thread ``delay_s`` after it. The first ``skip`` such GETs
+        pass without replacing (the HTTP kind's small-object lane probe, which is not a read
+        of the download)."""
         with self._lock:
-            self._state.replace[key] = replace
+            self._state.replace[key] = _Replacement(replace, skip, delay_s)
+
+    def replaced(self, key: str) -> tuple[float, float] | None:
+        """When ``key`` was replaced (start, end of the callback, time.monotonic()), or None."""
+        with self._lock:
+            return self._state.replaced.get(key)
 
     def reset(self) -> None:
         """Forget rules, plan, occurrence counts and records (between tests)."""
@@ -319,12 +358,38 @@ class FaultProxy:
     def _replaceable(self, rec: ProxyRecord) -> bool:
         return any(rec.is_for(k) for k in self._state.replace)
 
-    def _take_replacement(self, rec: ProxyRecord) -> Callable[[], None] | None:
+    def _take_replacement(self, rec: ProxyRecord) -> tuple[str, _Replacement] | None:
         with self._lock:
-            for key in list(self._state.replace):
+            for key, replacement in list(self._state.replace.items()):
                 if rec.is_for(key):
-                    return self._state.replace.pop(key)
+                    if replacement.skip > 0:
+                        replacement.skip -= 1
+                        return None
+                    return key, self._state.replace.pop(key)
         return None
+
+    def _run_replacement(self, key: str, replacement: _Replacement) -> None:
+        state = self._state  # a reset meanwhile must not receive this test's timings
+        started = time.monotonic()
+        replacement.replace()
+        with self._lock:
+            state.replaced[key] = (started, time.monotonic())
+
+    def _replace(self, rec: ProxyRecord) -> None:
+        """Run the replacement ``rec`` earned: now (before its answer) or later on a thread."""
+        taken = self._take_replacement(rec)
+        if taken is None:
+            return
+        key, replacement = taken
+        if replacement.delay_s is None:
+            self._run_replacement(key, replacement)
+            return
+
+        def later() -> None:
+            time.sleep(replacement.delay_s or 0.0)
+            self._run_replacement(key, replacement)
+
+        threading.Thread(target=later, name="faultproxy-replace", daemon=True).start()
 
 
 _META_NAME = re.compile(rb'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -420,6 +485,7 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
                 proxy.upstream_host, proxy.upstream_port, timeout=_UPSTREAM_TIMEOUT_S
             )
             try:
+                rec.forwarded_at = time.monotonic()
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -437,6 +503,10 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
                 rec.fault = fault = None
             if fault is Fault.CORRUPT:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
+            if fault is Fault.REPLACE:
+                # The answer holds the old version; the replacement lands before it is sent
+                # (or, with a delay, at some moment of the reads that follow).
+                proxy._replace(rec)
             rec.status = resp.status
             self.send_response(resp.status, resp.reason)
             for name, value in resp.getheaders():
@@ -455,10 +525,6 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
             self.end_headers()
             if self.command != "HEAD" and sent:
                 self.wfile.write(sent[: len(sent) // 2] if fault is Fault.TRUNCATE else sent)
-            if fault is Fault.REPLACE:
-                replace = proxy._take_replacement(rec)
-                if replace is not None:
-                    replace()
             return None
 
         do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_PATCH = do_OPTIONS = _forward

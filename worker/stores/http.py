@@ -204,6 +204,15 @@ class HttpSource(SourceBase):
         info = self._info(key, final, status, header)
         if body is None:  # 416: an empty object
             return info, StreamContext(_Empty())
+        if status == 206 and info.size >= 0:
+            # The first chunk is placed at offset 0: a 206 of other bytes (another start, a
+            # garbled Content-Range) would otherwise end as a file of the right size and the
+            # wrong bytes, since an HTTP server states no checksum.
+            try:
+                _check_range(key, header("content-range"), 0, min(length, info.size), None)
+            except HaulError:
+                body.close()
+                raise
         return info, StreamContext(body)
 
     def fetch_small(

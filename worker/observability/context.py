@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, Final, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -31,7 +32,7 @@ def clear_task() -> None:
     _contextvars().unbind_contextvars(*TASK_KEYS)
 
 
-def _contextvars() -> Any:
+def _contextvars() -> ModuleType:
     """structlog's contextvars module, imported when a task first binds its context.
 
     The transfer engine imports this module for :func:`in_current_context` alone; importing

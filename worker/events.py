@@ -182,4 +182,15 @@ def _built(pending: list[Pending]) -> list[dict[str, Any] | Rider]:
 
 
 def _logged(event: dict[str, Any]) -> None:
-    log.info("event %s %s", event["type"], event["id"], extra={"event": event})
+    # Not the whole event as an extra: a key named "event" is structlog's message key, so the
+    # line's message became the event dict; the stream holds the event, the line points at it.
+    log.info(
+        "event %s %s",
+        event["type"],
+        event["id"],
+        extra={
+            "event_type": event["type"],
+            "event_id": event["id"],
+            "subject": event.get("subject"),
+        },
+    )

@@ -127,3 +127,23 @@ def test_haul_web_logs_through_the_same_pipeline(redis_private: Any, tmp_path: P
     else:
         assert any("[info     ]" in x and "[uvicorn.error]" in x for x in lines), text
         assert not any(" INFO uvicorn" in x for x in lines)  # the old basicConfig shape
+
+
+def test_a_published_event_logs_one_line_naming_it(out: StringIO, redis_private: Any) -> None:
+    """The line's message stays the message (an extra named ``event`` once replaced it with the
+    whole event dict, structlog's message key); type, id and subject are fields of their own."""
+    import redis
+
+    from worker.events import EventPublisher
+    from worker.models import InputsReady
+
+    configure_logging("json", "INFO", stream=out)
+    client = redis.Redis.from_url(redis_private.url)
+    data = InputsReady(execution_id="exec-log", project_id="p", files=1, bytes=3, seconds=0.1)
+    event = EventPublisher(client, "haul:test-events", 100).publish(
+        "haul.inputs.ready", "exec-log", data, "exec-log", "ready"
+    )
+    client.close()
+    (line,) = [x for x in _lines(out) if x.get("event_id") == event["id"]]
+    assert line["message"] == f"event haul.inputs.ready {event['id']}"
+    assert line["event_type"] == "haul.inputs.ready" and line["subject"] == "exec-log"

@@ -39,7 +39,8 @@ that draws one and has no such body passes untouched (its record's ``fault`` sta
 
 **Seeded and reproducible.** With ``rate`` > 0 each request draws its fault from
 ``random.Random(f"{seed}|{method}|{path}|{range}|{n}")`` where ``n`` counts earlier requests
-with the same method, path (without the query) and Range header. The same seed gives the same
+with the same method, path (without the query; through ``stable``, which can take out a bucket
+name made unique per run) and Range header. The same seed gives the same
 fault to the same request whatever the interleaving of other requests (:func:`draw` is the
 pure function). :meth:`FaultProxy.force` rules come first and are not random: "every matching
 request gets this fault", for the 100 % tests.
@@ -233,6 +234,7 @@ class FaultProxy:
         rate: float = 0.0,
         kinds: Sequence[Fault] = ALL_RANDOM,
         stall_s: float = 5.0,
+        stable: Callable[[str], str] | None = None,
     ) -> None:
         if flavour not in _THROTTLE:
             raise ValueError(f"flavour must be one of {sorted(_THROTTLE)}")
@@ -241,6 +243,9 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.flavour = flavour
         self.stall_s = stall_s
+        #: the path as the draw sees it: a bucket name made unique per run must not change
+        #: which request gets which fault
+        self.stable = stable or (lambda path: path)
         self._lock = threading.Lock()
         self._state = _State(seed=seed, rate=rate, kinds=tuple(kinds))
         self._stopping = threading.Event()
@@ -354,13 +359,14 @@ class FaultProxy:
                     rec.fault = rule.fault
                     self._earn_replacement(rec)
                     return rec
-            key = (method, rec.path, rng)
+            path = self.stable(rec.path)
+            key = (method, path, rng)
             n = st.seen[key]
             st.seen[key] += 1
             kinds = st.kinds
             if not (rng and method == "GET" and self._replaceable(rec)):
                 kinds = tuple(k for k in kinds if k is not Fault.REPLACE)
-            rec.fault = draw(st.seed, st.rate, kinds, method, rec.path, rng, n)
+            rec.fault = draw(st.seed, st.rate, kinds, method, path, rng, n)
             self._earn_replacement(rec)
         return rec
 
@@ -567,9 +573,16 @@ def fault_proxy(
     rate: float = 0.0,
     kinds: Sequence[Fault] = ALL_RANDOM,
     stall_s: float = 5.0,
+    stable: Callable[[str], str] | None = None,
 ) -> Iterator[FaultProxy]:
     proxy = FaultProxy(
-        upstream, flavour=flavour, seed=seed, rate=rate, kinds=kinds, stall_s=stall_s
+        upstream,
+        flavour=flavour,
+        seed=seed,
+        rate=rate,
+        kinds=kinds,
+        stall_s=stall_s,
+        stable=stable,
     )
     proxy.start()
     try:

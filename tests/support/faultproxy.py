@@ -25,11 +25,13 @@ then sent on, either untouched or with one :class:`Fault`:
   timeout); the record says whether the client gave up first (``client_gave_up``).
 * ``replace`` - a ranged GET of an object registered with :meth:`FaultProxy.replace_on_read` is
   read from upstream, the object is replaced upstream (by the test's callback), and only then
-  is the old answer sent on: the replacement has landed between this read and the next, so
-  every later read of it meets the new version. With ``delay_s`` the callback runs instead on
-  a thread that far after the answer, landing at some moment of the reads that follow (a race,
-  as on a loaded machine). :meth:`FaultProxy.replaced` says when it ran and each record when it
-  was forwarded (``forwarded_at``), so a test can tell which versions a download may end with.
+  is the old answer sent on; requests for the object admitted after that GET wait until the
+  replacement has landed. So it lands between this read and every later one, which all meet
+  the new version (a race-free "replaced between two ranged reads"). With ``delay_s`` the
+  callback runs instead on a thread that far after the answer, holding nothing back, landing at
+  some moment of the reads that follow (a race, as on a loaded machine).
+  :meth:`FaultProxy.replaced` says when it ran and each record when it was forwarded
+  (``forwarded_at``), so a test can tell which versions a download may end with.
 * ``corrupt`` - the first body byte flipped (only by :meth:`FaultProxy.force` rules).
 
 Body faults (``truncate``, ``wrong_length``, ``corrupt``) need a body of 2+ bytes; a request
@@ -37,7 +39,8 @@ that draws one and has no such body passes untouched (its record's ``fault`` sta
 
 **Seeded and reproducible.** With ``rate`` > 0 each request draws its fault from
 ``random.Random(f"{seed}|{method}|{path}|{range}|{n}")`` where ``n`` counts earlier requests
-with the same method, path (without the query) and Range header. The same seed gives the same
+with the same method, path (without the query; through ``stable``, which can take out a bucket
+name made unique per run) and Range header. The same seed gives the same
 fault to the same request whatever the interleaving of other requests (:func:`draw` is the
 pure function). :meth:`FaultProxy.force` rules come first and are not random: "every matching
 request gets this fault", for the 100 % tests.
@@ -154,6 +157,8 @@ class ProxyRecord:
     #: time.monotonic() when the request was sent upstream (0: it never was)
     forwarded_at: float = 0.0
     client_gave_up: bool = False  # a stalled client closed its end before the stall ended
+    #: the replacement this request earned (run once its upstream answer is in)
+    _replacement: _Replacement | None = field(default=None, repr=False, compare=False)
 
     def is_for(self, key: str) -> bool:
         """The request names ``key``: in its path, or (GCS uploads) in a ``name`` parameter."""
@@ -195,11 +200,13 @@ class _Rule:
 
 @dataclass
 class _Replacement:
+    key: str
     replace: Callable[[], None]
-    #: replace-faulted ranged reads to let pass before this one replaces
-    skip: int = 0
     #: run on a thread this long after the answer instead of before it (None: before)
     delay_s: float | None = None
+    #: set once a replacement before the answer has landed: requests for the key admitted
+    #: after the one that earned it wait for it, so they all meet the new version
+    landed: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -210,6 +217,8 @@ class _State:
     seen: Counter[tuple[str, str, str | None]] = field(default_factory=Counter)
     rules: list[_Rule] = field(default_factory=list)
     replace: dict[str, _Replacement] = field(default_factory=dict)
+    #: replacements before the answer that are under way
+    landing: list[_Replacement] = field(default_factory=list)
     #: key -> (start, end) of its replacement, time.monotonic()
     replaced: dict[str, tuple[float, float]] = field(default_factory=dict)
     log: list[ProxyRecord] = field(default_factory=list)
@@ -225,6 +234,7 @@ class FaultProxy:
         rate: float = 0.0,
         kinds: Sequence[Fault] = ALL_RANDOM,
         stall_s: float = 5.0,
+        stable: Callable[[str], str] | None = None,
     ) -> None:
         if flavour not in _THROTTLE:
             raise ValueError(f"flavour must be one of {sorted(_THROTTLE)}")
@@ -233,6 +243,9 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.flavour = flavour
         self.stall_s = stall_s
+        #: the path as the draw sees it: a bucket name made unique per run must not change
+        #: which request gets which fault
+        self.stable = stable or (lambda path: path)
         self._lock = threading.Lock()
         self._state = _State(seed=seed, rate=rate, kinds=tuple(kinds))
         self._stopping = threading.Event()
@@ -284,15 +297,14 @@ class FaultProxy:
         key: str,
         replace: Callable[[], None],
         *,
-        skip: int = 0,
         delay_s: float | None = None,
     ) -> None:
         """Let a ranged GET of ``key`` drawing ``replace`` call ``replace()`` (once): before
-        its answer is sent, or on a thread ``delay_s`` after it. The first ``skip`` such GETs
-        pass without replacing (the HTTP kind's small-object lane probe, which is not a read
-        of the download)."""
+        its answer is sent, every request for ``key`` admitted after that GET waiting until
+        it has landed (so every later read meets the new version); or, with ``delay_s``, on
+        a thread that long after the answer, holding nothing back (a race)."""
         with self._lock:
-            self._state.replace[key] = _Replacement(replace, skip, delay_s)
+            self._state.replace[key] = _Replacement(key, replace, delay_s)
 
     def replaced(self, key: str) -> tuple[float, float] | None:
         """When ``key`` was replaced (start, end of the callback, time.monotonic()), or None."""
@@ -345,49 +357,67 @@ class FaultProxy:
                     if rule.times is not None:
                         rule.times -= 1
                     rec.fault = rule.fault
+                    self._earn_replacement(rec)
                     return rec
-            key = (method, rec.path, rng)
+            path = self.stable(rec.path)
+            key = (method, path, rng)
             n = st.seen[key]
             st.seen[key] += 1
             kinds = st.kinds
             if not (rng and method == "GET" and self._replaceable(rec)):
                 kinds = tuple(k for k in kinds if k is not Fault.REPLACE)
-            rec.fault = draw(st.seed, st.rate, kinds, method, rec.path, rng, n)
+            rec.fault = draw(st.seed, st.rate, kinds, method, path, rng, n)
+            self._earn_replacement(rec)
         return rec
 
     def _replaceable(self, rec: ProxyRecord) -> bool:
         return any(rec.is_for(k) for k in self._state.replace)
 
-    def _take_replacement(self, rec: ProxyRecord) -> tuple[str, _Replacement] | None:
-        with self._lock:
-            for key, replacement in list(self._state.replace.items()):
-                if rec.is_for(key):
-                    if replacement.skip > 0:
-                        replacement.skip -= 1
-                        return None
-                    return key, self._state.replace.pop(key)
-        return None
+    def _earn_replacement(self, rec: ProxyRecord) -> None:
+        """(Under the lock.) A ranged GET given ``replace`` takes its object's replacement at
+        admission: from then on, other requests for the object wait for it to land."""
+        st = self._state
+        if rec.fault is not Fault.REPLACE or rec.method != "GET" or not rec.range:
+            return
+        for key, replacement in list(st.replace.items()):
+            if rec.is_for(key):
+                rec._replacement = st.replace.pop(key)
+                if replacement.delay_s is None:
+                    st.landing.append(replacement)
+                return
 
-    def _run_replacement(self, key: str, replacement: _Replacement) -> None:
+    def _wait_for_landing(self, rec: ProxyRecord) -> None:
+        """Hold ``rec`` until a replacement of its object that is under way has landed."""
+        with self._lock:
+            waits = [r.landed for r in self._state.landing if rec.is_for(r.key)]
+        for landed in waits:
+            landed.wait(_UPSTREAM_TIMEOUT_S)
+
+    def _run_replacement(self, replacement: _Replacement) -> None:
         state = self._state  # a reset meanwhile must not receive this test's timings
         started = time.monotonic()
-        replacement.replace()
-        with self._lock:
-            state.replaced[key] = (started, time.monotonic())
+        try:
+            replacement.replace()
+        finally:
+            with self._lock:
+                state.replaced[replacement.key] = (started, time.monotonic())
+                if replacement in state.landing:
+                    state.landing.remove(replacement)
+            replacement.landed.set()
 
     def _replace(self, rec: ProxyRecord) -> None:
         """Run the replacement ``rec`` earned: now (before its answer) or later on a thread."""
-        taken = self._take_replacement(rec)
-        if taken is None:
+        replacement = rec._replacement
+        if replacement is None:
             return
-        key, replacement = taken
+        rec._replacement = None
         if replacement.delay_s is None:
-            self._run_replacement(key, replacement)
+            self._run_replacement(replacement)
             return
 
         def later() -> None:
             time.sleep(replacement.delay_s or 0.0)
-            self._run_replacement(key, replacement)
+            self._run_replacement(replacement)
 
         threading.Thread(target=later, name="faultproxy-replace", daemon=True).start()
 
@@ -480,6 +510,8 @@ def _make_handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]
                 status, headers, payload = _THROTTLE[proxy.flavour]
                 return self._answer(rec, status, headers, payload)
 
+            if rec._replacement is None:
+                proxy._wait_for_landing(rec)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
             conn = http.client.HTTPConnection(
                 proxy.upstream_host, proxy.upstream_port, timeout=_UPSTREAM_TIMEOUT_S
@@ -541,9 +573,16 @@ def fault_proxy(
     rate: float = 0.0,
     kinds: Sequence[Fault] = ALL_RANDOM,
     stall_s: float = 5.0,
+    stable: Callable[[str], str] | None = None,
 ) -> Iterator[FaultProxy]:
     proxy = FaultProxy(
-        upstream, flavour=flavour, seed=seed, rate=rate, kinds=kinds, stall_s=stall_s
+        upstream,
+        flavour=flavour,
+        seed=seed,
+        rate=rate,
+        kinds=kinds,
+        stall_s=stall_s,
+        stable=stable,
     )
     proxy.start()
     try:

@@ -25,6 +25,7 @@ import pytest
 import redis
 from celery import Celery
 
+from tests.dashboard.conftest import chromium
 from tests.dashboard.webproc import WebProcess, spawn_web, start_web
 from tests.support import servers
 from tests.support.httpserver import TestHTTPServer, serve
@@ -37,7 +38,6 @@ XSS = "<img src=x onerror=alert(1)>"
 #: the same markup without spaces (the worker refuses spaces in a URL): HTML reads
 #: ``<img/src=x/onerror=...>`` as an img element too, were it not escaped
 XSS_PATH = "<img/src=x/onerror=alert(1)>.txt"
-CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass
@@ -220,16 +220,8 @@ def test_datum_and_url_history(world: World) -> None:
 
 @pytest.fixture(scope="module")
 def browser(world: World) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} missing in CI (scripts/install-test-deps.sh installs it)")
-        pytest.skip(f"{CHROMIUM} missing")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from celery import Celery
 
+from tests.dashboard.conftest import chromium
 from tests.dashboard.webproc import WebProcess, start_web
 from tests.support import servers
 from tests.support.httpserver import TestHTTPServer, serve
@@ -30,7 +30,6 @@ from worker.constants import TASK_QUEUES
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 #: above the 1 MiB "small file" path and below the 16 MiB multipart threshold: one metered
 #: stream, counted per 1 MiB piece, so a report every ~1.3 s at this rate
 SLOW_BYTES = 8 * 1024 * 1024
@@ -74,16 +73,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 @pytest.fixture(scope="module")
 def browser(rig: Rig) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} missing in CI (scripts/install-test-deps.sh installs it)")
-        pytest.skip(f"{CHROMIUM} missing")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _details(rig: Rig, execution: str) -> dict[str, Any] | None:

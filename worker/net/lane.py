@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -45,6 +45,10 @@ _RECV = 256 * 1024
 _MAX_HEAD = 64 * 1024
 #: failed requests after which a host that never answered well leaves the lane
 _GIVE_UP_AFTER = 4
+#: requests taken from the caller's iterator ahead of the connections, per connection: enough
+#: that every connection answered in one round finds its next request queued, few enough that
+#: building them (a cache entry read each, for a warm cache) does not delay the first request
+_AHEAD_PER_CONN = 2
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ class SmallGetLoop:
         self._max_conns = max(1, max_connections)
         self._sel = selectors.DefaultSelector()
         self._pending: dict[_Key, deque[LaneRequest]] = {}
+        self._queued = 0
+        self._source: Iterator[LaneRequest] = iter(())
+        self._drained = True
+        self._given_up: set[_Key] = set()
         self._conns: set[_Conn] = set()
         self._retried: set[int] = set()
         self._failures: dict[_Key, int] = {}
@@ -164,30 +172,40 @@ class SmallGetLoop:
         answer: Callable[[LaneAnswer], None],
         stop: threading.Event | None = None,
     ) -> None:
-        """Send every request; ``answer`` gets exactly one :class:`LaneAnswer` per request."""
-        for req in requests:
-            self._pending.setdefault((req.scheme, req.host, req.port), deque()).append(req)
+        """Send every request; ``answer`` gets exactly one :class:`LaneAnswer` per request.
+
+        ``requests`` is taken lazily, a few per connection ahead: the caller may build each
+        request as it is taken (reading a cache entry for its validator, say), and the first
+        ones go out without waiting for the rest to be built.
+        """
+        self._source = iter(requests)
+        self._drained = False
         try:
+            self._fill()
             self._open_more()
             self._flush(answer)
-            while self._conns:
+            while self._conns or self._queued or not self._drained:
                 if stop is not None and stop.is_set():
                     self._abandon("stopped")
                     return
-                now = time.monotonic()
-                wait = min(c.deadline for c in self._conns) - now
-                # Every ready socket first (each answered connection sends its next request at
-                # once), then the answers: at a network's latency the answers of all
-                # connections arrive together, and hashing and writing one of them must not
-                # hold back the next requests of the others by a round trip.
-                for key, mask in self._sel.select(max(0.0, min(wait, 0.5))):
-                    conn: _Conn = key.data
-                    if conn in self._conns:
-                        self._event(conn, mask)
-                self._flush(answer)
-                now = time.monotonic()
-                for conn in [c for c in self._conns if c.deadline <= now]:
-                    self._fail(conn, "timed out", retry=False)
+                if self._conns:
+                    now = time.monotonic()
+                    wait = min(c.deadline for c in self._conns) - now
+                    # Every ready socket first (each answered connection sends its next request
+                    # at once), then the answers: at a network's latency the answers of all
+                    # connections arrive together, and hashing and writing one of them must not
+                    # hold back the next requests of the others by a round trip.
+                    for key, mask in self._sel.select(max(0.0, min(wait, 0.5))):
+                        conn: _Conn = key.data
+                        if conn in self._conns:
+                            self._event(conn, mask)
+                    self._flush(answer)
+                    now = time.monotonic()
+                    for conn in [c for c in self._conns if c.deadline <= now]:
+                        self._fail(conn, "timed out", retry=False)
+                # Outside the socket work: building a request is the caller's code, and its
+                # errors must never be taken for a connection problem.
+                self._fill()
                 self._open_more()
                 self._flush(answer)
         finally:
@@ -202,19 +220,43 @@ class SmallGetLoop:
         while self._ready:
             answer(self._ready.pop(0))
 
+    def _fill(self) -> None:
+        """Take requests from the caller until enough wait for the connections."""
+        ahead = self._max_conns * _AHEAD_PER_CONN
+        while self._queued < ahead and not self._drained:
+            req = next(self._source, None)
+            if req is None:
+                self._drained = True
+                return
+            key = (req.scheme, req.host, req.port)
+            if key in self._given_up:
+                self._give(LaneAnswer(req.token, reason="host failed"))
+                continue
+            self._pending.setdefault(key, deque()).append(req)
+            self._queued += 1
+
+    def _take(self, queue: deque[LaneRequest]) -> LaneRequest:
+        self._queued -= 1
+        return queue.popleft()
+
     def _abandon(self, reason: str) -> None:
         for conn in list(self._conns):
             self._fail(conn, reason, retry=False)
         for queue in self._pending.values():
             while queue:
-                self._give(LaneAnswer(queue.popleft().token, reason=reason))
+                self._give(LaneAnswer(self._take(queue).token, reason=reason))
         self._pending.clear()
+        # The ones not taken yet get their answer too (each request exactly one).
+        if not self._drained:
+            self._drained = True
+            for req in self._source:
+                self._give(LaneAnswer(req.token, reason=reason))
 
     def _open_more(self) -> None:
         for key in list(self._pending):
             queue = self._pending[key]
             while queue and len(self._conns) < self._max_conns:
-                req = queue.popleft()
+                req = self._take(queue)
                 if not self._connect(key, req):
                     continue
             if not queue:
@@ -269,13 +311,16 @@ class SmallGetLoop:
             # A kept-alive connection the server closed before reading our request.
             self._retried.add(req.token)
             self._pending.setdefault(conn.key, deque()).appendleft(req)
+            self._queued += 1
             return
         self._give(LaneAnswer(req.token, reason=reason))
         failures = self._failures[conn.key] = self._failures.get(conn.key, 0) + 1
         if failures >= _GIVE_UP_AFTER and conn.key not in self._served:
             # A host the lane cannot talk to: its other requests go the ordinary way at once
             # instead of each one finding that out (perhaps only after a timeout).
+            self._given_up.add(conn.key)
             for other in self._pending.pop(conn.key, deque()):
+                self._queued -= 1
                 self._give(LaneAnswer(other.token, reason=f"host failed: {reason}"))
 
     def _want(self, conn: _Conn, mask: int) -> None:
@@ -452,7 +497,7 @@ class SmallGetLoop:
         if conn.close_after or not queue:
             self._close(conn)
             return
-        conn.request = queue.popleft()
+        conn.request = self._take(queue)
         if not queue:
             del self._pending[conn.key]
         self._start_request(conn)

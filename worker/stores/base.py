@@ -136,11 +136,13 @@ class SmallObjectReader(ObjectSource, Protocol):
         *,
         max_connections: int,
         stop: threading.Event | None = None,
-        held: Sequence[str | None] | None = None,
+        held: Callable[[int], str | None] | None = None,
     ) -> None:
-        """``held[i]``, when given, is the version token (:attr:`ObjectInfo.version`) of a
-        copy of ``keys[i]`` the caller already has: the same request then asks for the body
-        only if the object changed, and an unchanged one is delivered as :class:`NotModified`.
+        """``held(i)``, when given, is the version token (:attr:`ObjectInfo.version`) of a
+        copy of ``keys[i]`` the caller already has, or None: the same request then asks for
+        the body only if the object changed, and an unchanged one is delivered as
+        :class:`NotModified`. It is called once per key, just before that key's request is
+        built, so a batch's first requests do not wait for every copy to be looked up.
         """
         ...
 

@@ -223,28 +223,37 @@ class HttpSource(SourceBase):
         *,
         max_connections: int,
         stop: threading.Event | None = None,
-        held: Sequence[str | None] | None = None,
+        held: Callable[[int], str | None] | None = None,
     ) -> None:
         """Fetch objects of at most ``limit`` bytes on one thread (:mod:`.lane`).
 
         ``deliver(index, got)`` is called once per key, on this thread; ``got`` is None when
         that key must go the ordinary way instead (not small, not a plain answer, or any
         trouble): nothing is decided here that the ordinary path would decide differently.
-        A key with a ``held`` version (a strong ETag) is asked for with ``If-None-Match``
-        on it: a ``304`` that names that same ETag is delivered as :class:`NotModified`.
+        A key with a ``held`` version (a strong ETag; ``held(index)`` is asked just before that
+        key's request is built) is asked for with ``If-None-Match`` on it: a ``304`` that
+        names that same ETag is delivered as :class:`NotModified`.
         """
         fast = self.fast
-        requests: list[LaneRequest] = []
-        for index, key in enumerate(keys):
-            version = held[index] if held is not None else None
-            request = lane_request(index, key, version) if fast is not None else None
-            if request is None:
+        if fast is None:
+            for index in range(len(keys)):
                 deliver(index, None)
-            else:
-                requests.append(request)
-        if not requests:
             return
-        assert fast is not None
+        sent: dict[int, str] = {}  # the version each conditional request carried
+
+        def requests() -> Iterator[LaneRequest]:
+            # Built as the lane takes them, so the first requests go out before the versions
+            # of the others are looked up (a cache entry read each).
+            for index, key in enumerate(keys):
+                version = held(index) if held is not None else None
+                request = lane_request(index, key, version)
+                if request is None:
+                    deliver(index, None)
+                    continue
+                if version is not None:
+                    sent[index] = version
+                yield request
+
         loop = SmallGetLoop(
             allow_private=self._allow_private,
             timeout_s=self._timeout_s,
@@ -257,8 +266,7 @@ class HttpSource(SourceBase):
         def answer(got: LaneAnswer) -> None:
             key = keys[got.token]
             if got.body is not None and got.status == 304:
-                version = held[got.token] if held is not None else None
-                same = _unchanged_info(key, version, got.headers)
+                same = _unchanged_info(key, sent.get(got.token), got.headers)
                 deliver(got.token, None if same is None else NotModified(same, got.seconds))
                 return
             info = None if got.body is None else self._small_info(key, got)
@@ -267,7 +275,7 @@ class HttpSource(SourceBase):
             else:
                 deliver(got.token, SmallObject(info, got.body, got.seconds))
 
-        loop.run(requests, answer, stop)
+        loop.run(requests(), answer, stop)
 
     def _small_info(self, key: str, got: LaneAnswer) -> ObjectInfo | None:
         """The object's description when ``got`` holds all of it, else None (the lane already

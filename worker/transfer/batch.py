@@ -26,7 +26,7 @@ from worker.observability.context import in_current_context
 from worker.stores.base import ObjectInfo, ObjectSource, SmallObjectReader
 from worker.transfer.cache import Cache
 from worker.transfer.config import TransferConfig
-from worker.transfer.download import SMALL_MAX, Downloaded, download, source_id
+from worker.transfer.download import SMALL_MAX, Downloaded, download
 from worker.transfer.progress import ProgressFn
 from worker.transfer.smallfiles import SmallItem, fetch_small_items
 
@@ -101,7 +101,7 @@ def download_many(
         return result
 
     stop = stop or threading.Event()
-    lanes, ordinary = _lanes(items, cfg, cache)
+    lanes, ordinary = _lanes(items, cfg)
     workers = max(1, min(cfg.files_in_flight, len(ordinary) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="haul-file") as pool:
         try:
@@ -144,12 +144,13 @@ def download_many(
 
 
 def _lanes(
-    items: Sequence[BatchItem], cfg: TransferConfig, cache: Cache | None
+    items: Sequence[BatchItem], cfg: TransferConfig
 ) -> tuple[dict[SmallObjectReader, list[SmallItem]], list[int]]:
     """Items a source can fetch as whole small objects (by source), and the rest (indexes).
 
-    An item the cache holds goes on the lane with the entry as its validator (one conditional
-    request: a ``304`` is copied from the cache, anything else brings the new body).
+    An item the cache holds goes on the lane too: the lane looks the entry up as it builds
+    the item's request and sends it as the validator (one conditional request: a ``304`` is
+    copied from the cache, anything else brings the new body).
     """
     lanes: dict[SmallObjectReader, list[SmallItem]] = {}
     ordinary: list[int] = []
@@ -164,9 +165,7 @@ def _lanes(
         if able and item.info is None:
             reader = cast(SmallObjectReader, source)
             label = item.label or str(item.dest)
-            key = source_id(source, item.key) if cache is not None else None
-            held = cache.peek(key) if cache is not None and key is not None else None
-            small = SmallItem(index, reader, item.key, item.dest, label, held, key)
+            small = SmallItem(index, reader, item.key, item.dest, label)
             lanes.setdefault(reader, []).append(small)
         else:
             ordinary.append(index)

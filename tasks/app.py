@@ -26,6 +26,9 @@ from worker.pipeline.jobs import JOBS
 from worker.pipeline.protocol import Job
 from worker.settings import Settings
 
+#: characters of a task's summary on Celery's success log line (Celery's default: 1024)
+RESULT_REPR_MAXSIZE = 200
+
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``, with every job of ``JOBS`` as a task."""
@@ -38,7 +41,16 @@ def create_app(settings: Settings) -> Celery:
         # max_retries=None here, on the task: Celery reads retry(max_retries=None) as "the
         # task's default" (3), so a copy waiting out a live lease was dropped after three
         # waits, acknowledged, with no outcome event (found by bench/chaos).
-        app.task(name=job.task, bind=True, max_retries=None)(_task_function(job, runtime))
+        # resultrepr_maxsize: Celery's "succeeded in" line shows the summary's start only
+        # (status, execution id); the whole summary stays the task's result. Rendered,
+        # redacted and written as JSON, a 580-character summary's line cost 0.16 CPU-ms at
+        # Celery's 1024, 0.10 at 200, for characters nobody reads on that line.
+        app.task(
+            name=job.task,
+            bind=True,
+            max_retries=None,
+            resultrepr_maxsize=RESULT_REPR_MAXSIZE,
+        )(_task_function(job, runtime))
     _connect_signals(app, settings, runtime)
     return app
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
+import select
 import selectors
 import socket
 import ssl
@@ -112,6 +114,84 @@ def lane_request(token: int, url: str, held: str | None = None) -> LaneRequest |
 _Key = tuple[str, str, int]
 
 
+class IdleConnections:
+    """Kept-alive lane connections between runs, so the next batch (the next task's cache
+    validation, say) skips the connect: measured 1.7 ms of every task with one cached input.
+
+    Only the process that opened a connection uses it: a prefork pool process that inherited
+    this object from its parent forgets the parent's sockets (closing only its own copies of
+    the descriptors) and starts empty, so two processes never talk on one connection.
+    """
+
+    def __init__(self, max_per_host: int) -> None:
+        self._max = max(1, max_per_host)
+        self._pid = os.getpid()
+        self._idle: dict[_Key, list[socket.socket]] = {}
+        self._lock = threading.Lock()
+
+    def _mine(self) -> dict[_Key, list[socket.socket]]:
+        # Called with the lock held.
+        if self._pid != os.getpid():
+            inherited, self._idle = self._idle, {}
+            self._pid = os.getpid()
+            for socks in inherited.values():
+                for sock in socks:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+        return self._idle
+
+    def take(self, key: _Key) -> socket.socket | None:
+        """An idle connection to ``key`` that still looks open, or None."""
+        while True:
+            with self._lock:
+                socks = self._mine().get(key)
+                if not socks:
+                    return None
+                sock = socks.pop()
+            if _still_open(sock):
+                return sock
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def give(self, key: _Key, sock: socket.socket) -> None:
+        with self._lock:
+            socks = self._mine().setdefault(key, [])
+            if len(socks) < self._max:
+                socks.append(sock)
+                return
+        sock.close()
+
+    def forget(self, key: _Key) -> None:
+        """Close the idle connections to ``key`` (one of them was found closed by the server:
+        the others, idle as long, probably are too)."""
+        with self._lock:
+            socks = self._mine().pop(key, [])
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._mine(), {}
+        for socks in idle.values():
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """An idle keep-alive connection has nothing to read: readable means the server closed it
+    (or sent something unasked, TLS close_notify included); either way it is not reused."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False
+
+
 class _Conn:
     def __init__(self, key: _Key, sock: socket.socket) -> None:
         self.key = key
@@ -127,6 +207,8 @@ class _Conn:
         self.length = -1
         self.close_after = False
         self.served = 0
+        #: taken from :class:`IdleConnections` (its server may have closed it meanwhile)
+        self.reused = False
         self.deadline = 0.0
         self.started = time.monotonic()
 
@@ -143,7 +225,11 @@ class SmallGetLoop:
         base_headers: dict[str, str],
         max_body: int,
         max_connections: int,
+        idle: IdleConnections | None = None,
     ) -> None:
+        """``idle``: where connections left open at the end of a run wait for the next run
+        (None: they are closed)."""
+        self._idle = idle
         self._allow_private = allow_private
         self._timeout = timeout_s
         self._ssl_context = ssl_context
@@ -264,6 +350,10 @@ class SmallGetLoop:
 
     # ------------------------------------------------------------------ connections
     def _connect(self, key: _Key, req: LaneRequest) -> bool:
+        if self._idle is not None and req.token not in self._retried:
+            sock = self._idle.take(key)
+            if sock is not None:
+                return self._reuse(key, req, sock)
         try:
             addresses = resolve(key[1], key[2], allow_private=self._allow_private)
         except (HaulError, OSError, ValueError) as exc:  # UnicodeError: a bad host name
@@ -296,6 +386,22 @@ class SmallGetLoop:
         self._sel.register(sock, selectors.EVENT_WRITE, conn)
         return True
 
+    def _reuse(self, key: _Key, req: LaneRequest, sock: socket.socket) -> bool:
+        conn = _Conn(key, sock)
+        conn.connecting = False
+        conn.reused = True
+        # served > 0: a server that closed it meanwhile gets the request again once on a new
+        # connection, as a kept-alive connection of this run would.
+        conn.served = 1
+        conn.request = req
+        self._conns.add(conn)
+        self._sel.register(sock, selectors.EVENT_WRITE, conn)
+        try:
+            self._start_request(conn)
+        except (OSError, ValueError) as exc:
+            self._fail(conn, f"{type(exc).__name__}: {exc}", retry=True)
+        return True
+
     def _close(self, conn: _Conn) -> None:
         self._conns.discard(conn)
         with contextlib.suppress(KeyError, ValueError):
@@ -310,6 +416,8 @@ class SmallGetLoop:
         if retry and req.token not in self._retried:
             # A kept-alive connection the server closed before reading our request.
             self._retried.add(req.token)
+            if conn.reused and self._idle is not None:
+                self._idle.forget(conn.key)
             self._pending.setdefault(conn.key, deque()).appendleft(req)
             self._queued += 1
             return
@@ -494,6 +602,13 @@ class SmallGetLoop:
     def _next(self, conn: _Conn) -> None:
         """Reuse the connection for the next request to the same host, or close it."""
         queue = self._pending.get(conn.key)
+        if not queue and not conn.close_after and self._idle is not None:
+            # Kept for the next run instead of closed; it leaves this run's selector.
+            self._conns.discard(conn)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+            self._idle.give(conn.key, conn.sock)
+            return
         if conn.close_after or not queue:
             self._close(conn)
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -217,6 +218,7 @@ class FastClient:
         self._ctx: ssl.SSLContext | None = None
         self._max_idle = max_idle_per_host
         self._idle: dict[_PoolKey, list[_Conn]] = {}
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
 
@@ -247,6 +249,13 @@ class FastClient:
 
     def _take(self, key: _PoolKey) -> tuple[_Conn, bool]:
         with self._lock:
+            if self._pid != os.getpid():
+                # Inherited across a fork: the parent's connections are the parent's (a pool
+                # process never shares one); only this process's copies are closed.
+                inherited, self._idle, self._pid = self._idle, {}, os.getpid()
+                for conns in inherited.values():
+                    for old in conns:
+                        old.close()
             idle = self._idle.get(key)
             if idle:
                 return idle.pop(), True

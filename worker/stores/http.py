@@ -28,7 +28,13 @@ from worker.errors import (
     IntegrityError,
     SourceError,
 )
-from worker.net.lane import LaneAnswer, LaneRequest, SmallGetLoop, lane_request
+from worker.net.lane import (
+    IdleConnections,
+    LaneAnswer,
+    LaneRequest,
+    SmallGetLoop,
+    lane_request,
+)
 from worker.net.pool import FastBody, FastClient, request_target
 from worker.net.redact import redact_url
 from worker.net.status import http_status_error
@@ -96,7 +102,10 @@ class HttpSource(SourceBase):
         self._allow_private = allow_private
         self._timeout_s = timeout_s
         self.fast: FastClient | None = None
+        # The lane's connections outlive a batch (worker.net.lane.IdleConnections), per process.
+        self._lane_idle: IdleConnections | None = None
         if fast:
+            self._lane_idle = IdleConnections(max_connections)
             self.fast = FastClient(
                 allow_private=allow_private,
                 timeout_s=timeout_s,
@@ -122,6 +131,8 @@ class HttpSource(SourceBase):
             self._httpx.close()
         if self.fast is not None:
             self.fast.close()
+        if self._lane_idle is not None:
+            self._lane_idle.close()
 
     def uri(self, key: str) -> str:
         return redact_url(key)
@@ -261,6 +272,7 @@ class HttpSource(SourceBase):
             base_headers=fast.base_headers,
             max_body=limit,
             max_connections=max_connections,
+            idle=self._lane_idle,
         )
 
         def answer(got: LaneAnswer) -> None:

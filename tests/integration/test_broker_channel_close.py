@@ -73,8 +73,17 @@ def test_worker_survives_redis_outages_while_it_holds_a_message(tmp_path: Path) 
             _wait(lambda: "retry: Retry" in w.log_path.read_text(), 30, "the copy waits")
             for n in range(OUTAGES):
                 connected = w.log_path.read_text().count("Connected to")
+                lost = w.log_path.read_text().count("Connection to broker lost")
                 srv.stop()
-                time.sleep(1.0)  # the outage itself: Redis is down this long
+                # Redis stays down until the worker has seen it go (Celery's consumer says so).
+                _wait(
+                    lambda c=lost: (
+                        w.proc.poll() is not None
+                        or w.log_path.read_text().count("Connection to broker lost") > c
+                    ),
+                    60,
+                    f"the worker sees outage {n + 1}",
+                )
                 srv.start()
                 _wait(
                     lambda c=connected: (

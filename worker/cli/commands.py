@@ -69,7 +69,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         if args.hostname:
             main += ["--hostname", args.hostname]
         # One /metrics endpoint: the main worker's (worker/cli/supervise.py says why).
-        watch_env = {**os.environ, "HAUL_METRICS_BIND": ""}
+        watch_env = {**args.environ, "HAUL_METRICS_BIND": ""}
         return run_together(
             [
                 (celery_worker(others, main), None),
@@ -268,7 +268,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.demo import main as demo_main
 
     # The entry point hands its environment down: the demo's worker inherits it.
-    code: int = demo_main(settings, os.environ)
+    code: int = demo_main(settings, args.environ)
     return code
 
 

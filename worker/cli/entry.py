@@ -1,6 +1,7 @@
 """``haul``'s entry point: parse, read the settings once, run the subcommand, map its end.
 
-Nothing below reads the environment again: each subcommand gets the settings object.
+Nothing below reads the environment again: each subcommand gets the settings object, and
+``args.environ`` (read here once) is what the processes a subcommand starts inherit.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         # Also what `haul worker` and the demo's worker read: they are other processes.
         os.environ[CONFIG_ENV] = args.config
+    args.environ = dict(os.environ)
     try:
         settings = load_settings()
     except ConfigError as exc:

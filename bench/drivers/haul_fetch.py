@@ -1,9 +1,10 @@
 """``haul fetch`` for the benchmark when the CLI is not there: ``run_fetch`` from python.
 
 Usage: ``haul_fetch.py --to DIR [--list FILE] [--timing FILE] [URL ...]``. Settings come from the
-environment exactly as for the CLI. When ``worker.cli.fetch`` does not exist, the transfer engine
-is driven directly (``worker.transfer.download.download``, ``files_in_flight`` at a time) so the
-harness can be built and debugged; the timing file then says ``mode=engine``.
+environment exactly as for the CLI, and the run ends as ``haul fetch`` does (no metrics kept, the
+process ended without the interpreter's teardown). When ``worker.cli.fetch`` does not exist, the
+transfer engine is driven directly (``worker.transfer.download.download``, ``files_in_flight`` at
+a time) so the harness can be built and debugged; the timing file then says ``mode=engine``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def main() -> int:
         _engine_fetch(urls, args.to, settings)
         rc = 0
     else:
+        from worker.observability import metrics
+
         mode = "run_fetch"
+        metrics.discard()
         rc = run_fetch(urls, args.to, settings, sys.stdout) or 0
     elapsed_s = time.perf_counter() - started
     if args.timing:
@@ -69,4 +73,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    try:
+        from worker.cli.entry import exit_now
+    except ImportError:
+        sys.exit(code)
+    exit_now(code)

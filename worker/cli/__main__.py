@@ -1,7 +1,5 @@
 """``python -m worker.cli``: the same as the ``haul`` command."""
 
-import sys
+from worker.cli.entry import run
 
-from worker.cli.entry import main
-
-sys.exit(main())
+run()

@@ -136,7 +136,7 @@ def register_fetch(sub: Subparsers[argparse.ArgumentParser]) -> None:
         epilog="example:\n  haul fetch https://example.com/train-labels.gz --to ./data\n",
         formatter_class=Formatter,
     )
-    p.set_defaults(func=run_fetch)
+    p.set_defaults(func=run_fetch, quick_exit=True)
     p.add_argument("urls", nargs="+", metavar="URL")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to download into")
     p.add_argument(
@@ -149,6 +149,9 @@ def register_fetch(sub: Subparsers[argparse.ArgumentParser]) -> None:
 def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.fetch import run_fetch as fetch
     from worker.cli.progress import Bars, wanted
+    from worker.observability import metrics
+
+    metrics.discard()  # nothing serves them here
 
     if not wanted(sys.stderr, args.quiet):
         code: int = fetch(list(args.urls), Path(args.to), settings, sys.stdout)

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from worker.cli.progress import BAR_INTERVAL_S, Bars
 from worker.errors import HaulError
-from worker.paths import clean_relative
+from worker.paths import check_relative
 from worker.records.haul_log import file_lines, stamp
 from worker.retry import RetryPolicy, store_type_of
 from worker.settings import Settings
@@ -40,12 +40,14 @@ def _label(item: BatchItem) -> str:
 
 
 def _http_name(url: str) -> str:
-    name = unquote(PurePosixPath(urlsplit(url).path).name)
+    # String operations, not PurePosixPath: this runs once per URL before the first request.
+    name = unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2])
     try:
-        clean_relative(name)
+        check_relative(name)
     except HaulError:
         return "download"
-    return name
+    # An encoded slash (%2F) names one file, not a folder to make.
+    return "download" if "/" in name else name
 
 
 def _expand(url: str, sources: Sources, to: Path, policy: RetryPolicy) -> Iterator[BatchItem]:

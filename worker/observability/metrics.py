@@ -3,8 +3,10 @@
 The series are built on first use, not at import: prometheus_client decides between
 in-process and multiprocess values when the first metric is made, from
 ``PROMETHEUS_MULTIPROC_DIR``, which the worker's entry point sets before the pool forks
-(:func:`worker.observability.multiproc.prepare`). A process that never sets it (``haul fetch``,
-a test calling a pipeline directly) simply counts in its own registry.
+(:func:`worker.observability.multiproc.prepare`). A process that never sets it (a test calling
+a pipeline directly) simply counts in its own registry. ``haul fetch`` serves no metrics and
+calls :func:`discard` first: importing prometheus_client and making the series cost about
+27 ms, paid on the small-object lane's thread at the first answer.
 
 Labels stay bounded: ``store_type`` is one of :data:`STORE_TYPES`, ``direction`` in/out,
 ``task`` a task name, ``outcome`` one of :data:`OUTCOMES`. Never an execution id or a URL.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
@@ -28,49 +30,82 @@ TASK_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
                          900, 3600, 4 * 3600, float("inf"))  # fmt: skip
 
 
+class _Discarded:
+    """Stands in for every series of a process that exposes none."""
+
+    def labels(self, *_values: str) -> _Discarded:
+        return self
+
+    def inc(self, _amount: float = 1) -> None:
+        pass
+
+    def dec(self, _amount: float = 1) -> None:
+        pass
+
+    def observe(self, _value: float) -> None:
+        pass
+
+
 class _Series:
+    transfer_bytes: Counter
+    files: Counter
+    task_seconds: Histogram
+    retries: Counter
+    checksum_mismatches: Counter
+    input_changes: Counter
+    cache_hits: Counter
+    cache_misses: Counter
+    tasks_running: Gauge
+
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
-        self.transfer_bytes: Counter = Counter(
+        self.transfer_bytes = Counter(
             "haul_transfer_bytes",
             "Bytes moved by haul (cache hits included), by direction and store type.",
             ["direction", "store_type"],
         )
-        self.files: Counter = Counter(
+        self.files = Counter(
             "haul_files",
             "Files moved by haul (cache hits included), by direction and store type.",
             ["direction", "store_type"],
         )
-        self.task_seconds: Histogram = Histogram(
+        self.task_seconds = Histogram(
             "haul_task_seconds",
             "Wall time of haul's tasks, by task name and outcome.",
             ["task", "outcome"],
             buckets=TASK_BUCKETS_S,
         )
-        self.retries: Counter = Counter(
+        self.retries = Counter(
             "haul_retries", "Transfer attempts repeated after a retryable error.", ["store_type"]
         )
-        self.checksum_mismatches: Counter = Counter(
+        self.checksum_mismatches = Counter(
             "haul_checksum_mismatches",
             "Downloads whose bytes differed from the store's stated checksum or size.",
             ["store_type"],
         )
-        self.input_changes: Counter = Counter(
+        self.input_changes = Counter(
             "haul_input_changes", "Inputs whose content differed from the URL's last reading."
         )
-        self.cache_hits: Counter = Counter(
+        self.cache_hits = Counter(
             "haul_cache_hits", "Inputs served from the worker's content cache."
         )
-        self.cache_misses: Counter = Counter(
+        self.cache_misses = Counter(
             "haul_cache_misses", "Cache look-ups that found no valid entry."
         )
-        self.tasks_running: Gauge = Gauge(
+        self.tasks_running = Gauge(
             "haul_tasks_running",
             "haul tasks running now, over every pool process.",
             ["task"],
             multiprocess_mode="livesum",
         )
+
+
+class _DiscardedSeries(_Series):
+    def __init__(self) -> None:  # no prometheus_client import, nothing registered
+        nothing = cast(Any, _Discarded())
+        for name in _Series.__annotations__:
+            setattr(self, name, nothing)
 
 
 _series: _Series | None = None
@@ -85,6 +120,13 @@ def series() -> _Series:
             if _series is None:
                 _series = _Series()
     return _series
+
+
+def discard() -> None:
+    """Count nothing in this process (it never exposes metrics: ``haul fetch``)."""
+    global _series
+    with _lock:
+        _series = _DiscardedSeries()
 
 
 def initialize() -> None:

@@ -8,7 +8,9 @@ input that is already in the worker's cache (its validation is a HEAD to the loc
 server), then ``haul.store_outputs`` of one new 1 MB file into the local store. Two client
 threads keep two executions in flight (one per pool process), each waiting for a task's result
 before sending the next. The floor is the same number of ``bench.noop`` tasks (two per
-execution) sent the same way to the same worker. Printed: executions/s, p50/p95 latency of one
+execution) sent the same way to the same worker, and the data work alone (``bench.datawork``:
+the same file work by haul's own functions, without any orchestration) sent as a burst: the
+bound no orchestration can pass. Printed: executions/s, p50/p95 latency of one
 execution, the ratio to the floor, the CPU seconds the worker's processes and the Redis server
 spent per execution during the burst (and the floor's, per two no-op tasks: a ratio that holds
 on a loaded machine, where wall-clock rates do not), and where the worker's time went (stage
@@ -111,12 +113,16 @@ def _prepare_files(root: Path, broker: str, size: str, count: int) -> tuple[Path
     www_root.mkdir(parents=True, exist_ok=True)
     if not (www_root / "input.bin").exists():
         (www_root / "input.bin").write_bytes(os.urandom(SIZES[size]))
-    eids = [f"exec-{uuid.uuid4().hex[:12]}" for _ in range(count + 1)]
+    return data, www_root, _new_executions(data, count + 1)
+
+
+def _new_executions(data: Path, count: int) -> list[str]:
+    eids = [f"exec-{uuid.uuid4().hex[:12]}" for _ in range(count)]
     for eid in eids:  # one new 1 MB output per execution: nothing is deduplicated
         out = data / "executions" / eid / "outputs"
         out.mkdir(parents=True)
         (out / "model.bin").write_bytes(os.urandom(MB))
-    return data, www_root, eids
+    return eids
 
 
 class _Client:
@@ -135,8 +141,15 @@ class _Client:
     def store(eid: str) -> tuple[str, str, Any]:
         return ("haul.store_outputs", "haul.outputs", {"execution_id": eid, "project_id": "bench"})
 
+    @staticmethod
+    def _args(message: Any) -> list[Any]:
+        """A message is the task's one argument; a list is its arguments (bench tasks)."""
+        if message is None:
+            return []
+        return list(message) if isinstance(message, list) else [message]
+
     def task(self, name: str, queue: str, message: Any) -> None:
-        args = [message] if message is not None else []
+        args = self._args(message)
         value = self.app.send_task(name, args=args, queue=queue).get(timeout=120)
         if isinstance(value, dict) and value.get("status") not in (None, "ok", "ready", "stored"):
             raise RuntimeError(f"{name}: {value}")
@@ -148,10 +161,7 @@ class _Client:
     def burst(self, messages: list[tuple[str, str, Any]]) -> float:
         """Everything sent at once, then every result awaited: the worker's throughput."""
         start = time.perf_counter()
-        results = [
-            self.app.send_task(n, args=[m] if m is not None else [], queue=q)
-            for n, q, m in messages
-        ]
+        results = [self.app.send_task(n, args=self._args(m), queue=q) for n, q, m in messages]
         for r in results:
             r.get(timeout=600)
         return time.perf_counter() - start
@@ -193,6 +203,15 @@ def run_one(
         cpu = (_cpu_s(group=worker.pid), _cpu_s(pids=[redis.pid]))
         floor_wall = client.burst([("bench.noop", "haul.inputs", None)] * (2 * len(rest)))
         cpu_floor = (_cpu_s(group=worker.pid) - cpu[0], _cpu_s(pids=[redis.pid]) - cpu[1])
+        # The data work alone, on the same worker: what no orchestration can take away.
+        bare = _new_executions(data, len(rest))
+        cached = str(www_root / "input.bin")
+        cpu = (_cpu_s(group=worker.pid), _cpu_s(pids=[redis.pid]))
+        data_wall = client.burst(
+            [("bench.datawork", "haul.inputs", [e, "in", cached]) for e in bare]
+            + [("bench.datawork", "haul.outputs", [e, "out"]) for e in bare]
+        )
+        cpu_data = (_cpu_s(group=worker.pid) - cpu[0], _cpu_s(pids=[redis.pid]) - cpu[1])
         worker.stop()  # the pool processes write their stage timers as they exit
         seconds = {
             k.decode(): float(v) for k, v in client_redis.hgetall("bench:cost:seconds").items()
@@ -205,6 +224,8 @@ def run_one(
         "floor_p95": _pct(floor_lat, 0.95), "stages": seconds,
         "cpu_worker": cpu_exec[0] / n, "cpu_redis": cpu_exec[1] / n,
         "floor_cpu_worker": cpu_floor[0] / n, "floor_cpu_redis": cpu_floor[1] / n,
+        "data_rate": n / data_wall,
+        "data_cpu_worker": cpu_data[0] / n, "data_cpu_redis": cpu_data[1] / n,
         "load": open("/proc/loadavg").read().split()[0],
     }  # fmt: skip
 
@@ -271,6 +292,27 @@ def report(rows: list[dict[str, Any]]) -> str:
             f"{r['cpu_worker'] * 1000:.1f} + {r['cpu_redis'] * 1000:.1f} | "
             f"{r['floor_cpu_worker'] * 1000:.1f} + {r['floor_cpu_redis'] * 1000:.1f} | "
             f"{cpu / floor_cpu:.2f}x | {r['load']} |"
+        )
+    lines += [
+        "",
+        "The data work alone (`bench.datawork`, two tasks per execution on the same worker: "
+        "the cached input copied into place; the output hashed three ways while its store "
+        "copy is written, then compared, flushed and linked; no message model, lease, record, "
+        "event or Redis of haul's). It bounds what any orchestration could reach with this "
+        "execution: its rate is the most executions/s, its ratio the least cost / floor.",
+        "",
+        "| broker | cached input | data work /s | cost / floor | CPU ms: worker + Redis | "
+        "CPU / floor | executions/s ÷ data work /s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        data_cpu = (r["data_cpu_worker"] + r["data_cpu_redis"]) * 1000
+        floor_cpu = (r["floor_cpu_worker"] + r["floor_cpu_redis"]) * 1000
+        lines.append(
+            f"| {r['broker']} | {r['size']} | {r['data_rate']:.0f} | "
+            f"{r['floor_rate'] / r['data_rate']:.2f}x | "
+            f"{r['data_cpu_worker'] * 1000:.1f} + {r['data_cpu_redis'] * 1000:.1f} | "
+            f"{data_cpu / floor_cpu:.2f}x | {r['rate'] / r['data_rate']:.2f} |"
         )
     lines += [
         "",

@@ -1,10 +1,13 @@
 """The worker the cost benchmark runs: haul's own app, plus a no-op task and stage timers.
 
-``celery -A bench.costapp worker`` is ``celery -A tasks worker`` with two additions that exist
+``celery -A bench.costapp worker`` is ``celery -A tasks worker`` with additions that exist
 only for ``bench/cost.py``: the task ``bench.noop`` (the floor: what Celery alone costs on the
-same settings), and wrappers that add up the time spent in each stage of a job in each pool
-process, written to Redis (``bench:cost:*``) once, when the pool process exits, so the
-measurement adds no round trip to the tasks it measures.
+same settings), the task ``bench.datawork`` (an execution's data work alone, done by haul's own
+functions: the cached input copied into place, the output hashed three ways while its store copy
+is written, compared, flushed and linked; no message, lease, record, event or Redis), and
+wrappers that add up the time spent in each stage of a job in each pool process, written to
+Redis (``bench:cost:*``) once, when the pool process exits, so the measurement adds no round
+trip to the tasks it measures.
 
 With ``BENCH_COST_TRIPS=1`` in the worker's environment (``python -m bench.cost --trips``) it
 also counts every Redis round trip the pool processes make, by the haul function that made it
@@ -21,6 +24,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -120,6 +124,42 @@ app = tasks.app.create_app(settings)
 
 @app.task(name="bench.noop")
 def noop() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+_stores: dict[str, Any] = {}
+
+
+@app.task(name="bench.datawork")
+def datawork(execution_id: str, part: str, cached: str = "") -> dict[str, str]:
+    """``part`` "in": copy the file ``cached`` (a cache entry's data) to the execution's input
+    path, as a cache hit does; "out": hash and store its 1 MB output, as store_outputs does."""
+    from worker.records.datums import content_key
+    from worker.transfer.cache import _private_copy
+    from worker.transfer.config import TransferConfig
+    from worker.transfer.upload import hash_file, send
+
+    folder = settings.executions_dir / execution_id
+    if part == "in":
+        dest = folder / "inputs" / "x" / "input.bin"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        _private_copy(Path(cached), tmp)
+        os.replace(tmp, dest)
+        return {"status": "ok"}
+    if "store" not in _stores:
+        from worker.stores.resolver import Sources
+
+        _stores["store"] = Sources(settings).store(settings.default_store)
+        _stores["cfg"] = TransferConfig.from_settings(settings)
+    store, cfg = _stores["store"], _stores["cfg"]
+    path = folder / "outputs" / "model.bin"
+    hashed = hash_file(path, cfg, store)
+    try:
+        key = content_key(store.prefix, "bench", hashed.digests.sha256, path.name)
+        send(store, hashed, key, cfg)
+    finally:
+        hashed.discard()
     return {"status": "ok"}
 
 

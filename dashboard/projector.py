@@ -476,7 +476,8 @@ def _dataset_version(b: _Batch, ev: Event) -> None:
 
 
 def _nothing(_b: _Batch, _ev: Event) -> None:
-    """``haul.message.rejected`` names no execution: the events table is its record."""
+    """``haul.message.rejected`` and ``haul.purge.done`` name no execution (a purge's facts
+    come as ``haul.datum.purged``): the events table is their record."""
 
 
 def _progress(b: _Batch, ev: Event) -> None:
@@ -509,4 +510,5 @@ HANDLERS: dict[str, Handler] = {
     c.EV_ALIAS_MOVED: _alias_moved,
     c.EV_DATASET_VERSION_CREATED: _dataset_version,
     c.EV_MESSAGE_REJECTED: _nothing,
+    c.EV_PURGE_DONE: _nothing,
 }

@@ -73,7 +73,9 @@ class Settings(_Strict):
     data_dir: Path = Field(default_factory=_default_data_dir)
     inputs_mount: str = "/valohai/inputs"
     events_stream: str = "haul:events"
-    events_maxlen: Annotated[int, Field(ge=100)] = 100_000
+    #: any positive cap (contract section 7); Redis trims approximately, in whole stream
+    #: nodes of ``stream-node-max-entries`` (100) entries, so a cap under 100 keeps about 100
+    events_maxlen: Annotated[int, Field(ge=1)] = 100_000
     default_store: str = "default"
     broker_visibility_timeout_s: Annotated[int, Field(ge=10)] = 300
     allow_private_addresses: bool = False

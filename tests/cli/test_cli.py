@@ -133,7 +133,7 @@ def test_hash_missing_file_exits_1_with_a_clear_message(
 def test_bad_config_file_names_the_key_and_exits_2(tmp_path: Path) -> None:
     """A bad value in HAUL_CONFIG fails at start: one line naming the key, exit 2."""
     config = tmp_path / "haul.toml"
-    config.write_text('events_maxlen = 5\n[stores.lake]\ntype = "s3"\nbucket = "x"\n')
+    config.write_text('events_maxlen = 0\n[stores.lake]\ntype = "s3"\nbucket = "x"\n')
     env = {**os.environ, "HAUL_CONFIG": str(config)}
     proc = subprocess.run(haul_cmd("config"), env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, func, select
 
 from dashboard.models import BadEvent, EventRow
 from dashboard.parse import parse_entry
-from dashboard.projector import Projector
+from dashboard.projector import HANDLERS, Projector
 from dashboard.queries import BadCursor, NotFound, Queries
 from tests.dashboard import factory as f
 from worker import constants as c
@@ -169,6 +169,16 @@ def test_bad_entries_are_kept_with_the_reason(engine: Engine) -> None:
         problems = dict(conn.execute(select(BadEvent.stream_id, BadEvent.problem)).all())
     assert set(problems) == {"1-1", "1-2", "1-3"}
     assert "unknown event type" in problems["1-2"]
+
+
+def test_every_event_type_the_worker_publishes_is_projected(engine: Engine) -> None:
+    """Each type of ``worker.models.EVENT_DATA`` has a handler: ``haul.purge.done`` (every
+    purge's outcome) once raised KeyError in the consumer thread, which then stopped for good."""
+    assert set(m.EVENT_DATA) == set(HANDLERS) | {c.EV_PROGRESS}
+    done = f.raw(c.EV_PURGE_DONE, m.PurgeDone(project_id="p", purged=["d1"], unknown=[]), "p")
+    p = Projector(engine)
+    assert p.project([f.entry(done), f.entry(f.ready("e1", "p", 1, 10))]) == 2
+    assert Queries(engine).executions().items[0].execution_id == "e1"
 
 
 def test_unknown_fields_from_a_newer_worker_are_ignored(engine: Engine) -> None:

@@ -287,3 +287,44 @@ def test_healthz_follows_a_rabbitmq_broker(redis_private: Any, tmp_path: Path) -
             assert "guest:guest" not in got.text  # the probe's error names no credential
             proxy.restore()
             _until(lambda: httpx.get(health, timeout=5).status_code == 200, 15, "never healthy")
+
+
+def test_an_undeclared_bucket_counts_under_its_store_type(
+    redis_srv: Any, s3_srv: Any, tmp_path: Path
+) -> None:
+    """An input from an S3 bucket no store declares (read with the SDK's defaults) is counted
+    with ``store_type="s3"``: its source's name is its URL's bucket, which once fell through
+    to ``http``."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_srv.endpoint_url,
+        region_name=s3_srv.region,
+        aws_access_key_id=s3_srv.access_key_id,
+        aws_secret_access_key=s3_srv.secret_access_key,
+    )
+    bucket = f"undeclared-{new_id('b')}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in/a.bin", Body=b"s" * 3000)
+    url = redis_srv.url_for_db(11)
+    data_dir = tmp_path / "data"
+    env = {
+        **ENV,
+        "AWS_ENDPOINT_URL": s3_srv.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_srv.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_srv.secret_access_key,
+        "AWS_DEFAULT_REGION": s3_srv.region,
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_CONFIG_FILE": "/nonexistent",
+    }
+    with broker_for("redis", redis_srv, 11), start_worker(url, data_dir, env) as w:
+        haul = Haul(url, data_dir, w)
+        state, summary = haul.run(
+            "haul.prepare_inputs", _prepare(new_id(), f"s3://{bucket}/in/a.bin")
+        )
+        assert state == "SUCCESS" and summary["status"] == "ready", (summary, haul.log_tail())
+        samples = _samples(w.metrics_url)
+    assert _value(samples, "haul_files_total", direction="in", store_type="s3") == 1
+    assert _value(samples, "haul_transfer_bytes_total", direction="in", store_type="s3") == 3000
+    assert _value(samples, "haul_files_total", direction="in", store_type="http") == 0

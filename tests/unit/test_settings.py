@@ -53,6 +53,14 @@ store = "lake"
     assert s.store_for_project("proj-42", "default") == "default"
 
 
+def test_events_maxlen_takes_any_positive_cap() -> None:
+    """The contract makes the cap configurable without a floor: a small one (a test's, an
+    edge box's) starts the worker; Redis then trims approximately (docs/operating.md)."""
+    assert load_settings({"HAUL_EVENTS_MAXLEN": "10"}).events_maxlen == 10
+    with pytest.raises(ConfigError, match="events_maxlen"):
+        load_settings({"HAUL_EVENTS_MAXLEN": "0"})
+
+
 @pytest.mark.parametrize(
     ("env", "key"),
     [

@@ -26,6 +26,7 @@ from worker.pipeline.runtime import Runtime
 from worker.records.change_memory import Seen, change_message
 from worker.records.haul_log import HaulLog, file_lines, stamp
 from worker.records.inputs_json import InputFile
+from worker.retry import store_type_of
 from worker.transfer.download import Downloaded
 
 log = logging.getLogger("worker.pipeline.prepare")
@@ -90,7 +91,8 @@ class InputRecorder:
                 facts.append(fact)
             ids = (execution, f.input, f.rel)
             events.append((EV_INPUT_DOWNLOADED, execution, self._downloaded(item), ids))
-            metrics.transferred("in", f.source.name, d.size)
+            # its type, not its name: an undeclared bucket's source is named by its URL
+            metrics.transferred("in", store_type_of(f.source), d.size)
             if previous is not None:
                 metrics.input_changed()
                 self.changed.append({"input": f.input, "url": f.url, "path": shown})

@@ -44,6 +44,8 @@ _MAX_BACKOFF_S = 5.0
 #: pages shared by more rows per commit); 5 000 gave 17 800 but holds more per batch in memory
 #: and in the pending list. With no backlog a read returns what there is, so it adds no delay.
 BATCH = 2000
+#: of an event a handler failed on, kept for a person to read (as parse.py keeps bad entries)
+_MAX_KEPT_CHARS = 2000
 
 
 def consumer_name() -> str:
@@ -98,6 +100,8 @@ class Consumer:
         self._recheck_own = True  # after a start or a failed write: our own pending first
         self.redis_ok = False
         self.projected = 0
+        #: events a handler failed on (kept with the unusable entries)
+        self.failed = 0
 
     # ---------------------------------------------------------------- setup
 
@@ -126,6 +130,13 @@ class Consumer:
             except SQLAlchemyError as exc:
                 self._recheck_own = True
                 log.warning("read model write failed (%s); retrying", type(exc).__name__)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except Exception:
+                # Never end the thread: nothing would restart it, and every page would go
+                # stale while the process looked healthy.
+                self._recheck_own = True
+                log.exception("events consumer step failed; retrying")
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
@@ -259,9 +270,33 @@ class Consumer:
         for p in parsed:
             if isinstance(p, BadEntry):
                 log.warning("stream entry %s is not a usable event: %s", p.stream_id, p.problem)
-        fresh = self.projector.project(parsed)
+        try:
+            fresh = self.projector.project(parsed)
+        except (RedisError, SQLAlchemyError):
+            raise  # an outage: the batch stays pending and is read again
+        except Exception as exc:
+            # A defect in one handler must not stop the read model for every later event:
+            # the batch (rolled back) is projected again one event at a time, and the events
+            # that still fail are kept with the unusable entries, with what went wrong.
+            log.warning("a batch failed to project; one event at a time", exc_info=exc)
+            fresh = self._one_by_one(parsed, dict(usable))
         self.client.xack(self.stream, self.group, *[i for i, _ in entries])  # type: ignore[no-untyped-call]
         self.projected += fresh
+        return fresh
+
+    def _one_by_one(self, parsed: list[Event | BadEntry], raw: dict[str, dict[str, str]]) -> int:
+        fresh = 0
+        for p in parsed:
+            try:
+                fresh += self.projector.project([p])
+            except (RedisError, SQLAlchemyError):
+                raise
+            except Exception as exc:
+                self.failed += 1
+                log.exception("event %s could not be projected; kept as unusable", p.stream_id)
+                problem = f"could not be projected: {type(exc).__name__}: {exc}"[:500]
+                payload = raw.get(p.stream_id, {}).get("event", "")[:_MAX_KEPT_CHARS]
+                self.projector.project([BadEntry(p.stream_id, problem, payload)])
         return fresh
 
 

@@ -202,3 +202,67 @@ def test_two_replicas_on_postgresql_count_every_event_once(redis_private: Any, p
     assert len(items) == 40
     assert {(i.inputs.files, i.inputs.bytes, i.status) for i in items} == {(2, 20, "inputs_ready")}
     engine.dispose()
+
+
+def test_a_handler_defect_skips_only_its_event(
+    redis_private: Any, sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One event its handler fails on (a defect, not an outage) is kept as unusable with what
+    went wrong; the events around it, in the same batch, are projected, and the consumer goes on
+    with the next batch."""
+    r = redis.Redis.from_url(redis_private.url)
+    projector = Projector(sqlite_engine)
+    handler = projector._project
+
+    def failing_on_e0003(conn: Any, entries: Any) -> int:
+        if any(getattr(e, "subject", None) == "e0003" for e in entries):
+            raise KeyError("a defect")
+        return handler(conn, entries)
+
+    monkeypatch.setattr(projector, "_project", failing_on_e0003)
+    publish(r, ready_events(8))
+    c = Consumer(r, projector, STREAM, GROUP, name="one")
+    assert c.drain() == 7
+    assert c.failed == 1
+    assert "e0003" not in listed(sqlite_engine) and len(listed(sqlite_engine)) == 7
+    with sqlite_engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT problem, payload FROM bad_events").all()
+    assert len(rows) == 1
+    assert rows[0][0] == "could not be projected: KeyError: 'a defect'"
+    assert '"e0003"' in rows[0][1]
+    assert r.xpending(STREAM, GROUP)["pending"] == 0
+    publish(r, ready_events(3, start=8))
+    assert c.drain() == 3
+
+
+def test_the_consumer_thread_outlives_an_unexpected_error(
+    redis_private: Any, sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error outside any handler (here: in reading) is logged and retried; the thread lives
+    and projects what comes after."""
+    r = redis.Redis.from_url(redis_private.url)
+    c = consumer(r, sqlite_engine, "live", block_ms=50)
+    real = c._read_new
+    failures = iter([RuntimeError("once")])
+
+    def flaky() -> Any:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        return real()
+
+    monkeypatch.setattr(c, "_read_new", flaky)
+    stop = threading.Event()
+    thread = threading.Thread(target=c.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        publish(r, ready_events(5))
+        deadline = time.monotonic() + 20
+        while c.projected < 5:
+            assert thread.is_alive()
+            assert time.monotonic() < deadline, "not projected within the deadline"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert sorted(listed(sqlite_engine)) == [f"e{i:04}" for i in range(5)]

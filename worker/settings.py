@@ -257,6 +257,12 @@ def _format_errors(exc: ValidationError) -> str:
             del loc[2]
         key = ".".join(loc) or "settings"
         msg = err["msg"].removeprefix("Value error, ")
+        # A store table's type picks its model; pydantic's own words name its internals.
+        types = ", ".join(registry.type_names())
+        if err["type"] == "union_tag_not_found":
+            msg = f"'type' is missing (one of: {types})"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown type {str(err['input'].get('type'))[:100]!r} (one of: {types})"
         lines.append(f"{key}: {msg}" if not msg.startswith(key) else msg)
     return "invalid settings: " + "; ".join(lines)
 

@@ -80,6 +80,23 @@ def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
     assert key in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"HAUL_STORES__DEFAULT__PATH": "/data"}, "stores.default: 'type' is missing (one of: "),
+        ({"HAUL_STORES__LAKE__TYPE": "ftp"}, "stores.lake: unknown type 'ftp' (one of: "),
+    ],
+)
+def test_a_store_without_a_known_type_says_which_types_there_are(
+    env: dict[str, str], said: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert said in str(info.value)
+    assert "local, s3, azure, gcs, swift" in str(info.value)
+    assert "discriminator" not in str(info.value)
+
+
 def test_missing_and_broken_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_settings({"HAUL_CONFIG": str(tmp_path / "nope.toml")})

@@ -272,6 +272,15 @@ def report_trips(broker: str, size: str, count: int, trips: dict[str, float]) ->
     return "\n".join(lines)
 
 
+def _cpu_ms(r: dict[str, Any], run: str) -> float:
+    """CPU ms per execution of one run ("" haul's, "floor_", "data_"): worker and Redis."""
+    return (r[f"{run}cpu_worker"] + r[f"{run}cpu_redis"]) * 1000
+
+
+def _cpu_cell(r: dict[str, Any], run: str) -> str:
+    return f"{r[f'{run}cpu_worker'] * 1000:.1f} + {r[f'{run}cpu_redis'] * 1000:.1f}"
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     lines = [
         "Executions through a real broker, worker concurrency 2. Rate: half the executions "
@@ -283,15 +292,12 @@ def report(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cpu = (r["cpu_worker"] + r["cpu_redis"]) * 1000
-        floor_cpu = (r["floor_cpu_worker"] + r["floor_cpu_redis"]) * 1000
         lines.append(
             f"| {r['broker']} | {r['size']} | {r['count']} | {r['rate']:.0f} | "
             f"{r['p50'] * 1000:.1f} ms | {r['p95'] * 1000:.1f} ms | {r['floor_rate']:.0f} | "
             f"{r['floor_p50'] * 1000:.1f} ms | {r['floor_rate'] / r['rate']:.2f}x | "
-            f"{r['cpu_worker'] * 1000:.1f} + {r['cpu_redis'] * 1000:.1f} | "
-            f"{r['floor_cpu_worker'] * 1000:.1f} + {r['floor_cpu_redis'] * 1000:.1f} | "
-            f"{cpu / floor_cpu:.2f}x | {r['load']} |"
+            f"{_cpu_cell(r, '')} | {_cpu_cell(r, 'floor_')} | "
+            f"{_cpu_ms(r, '') / _cpu_ms(r, 'floor_'):.2f}x | {r['load']} |"
         )
     lines += [
         "",
@@ -306,13 +312,11 @@ def report(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        data_cpu = (r["data_cpu_worker"] + r["data_cpu_redis"]) * 1000
-        floor_cpu = (r["floor_cpu_worker"] + r["floor_cpu_redis"]) * 1000
         lines.append(
             f"| {r['broker']} | {r['size']} | {r['data_rate']:.0f} | "
-            f"{r['floor_rate'] / r['data_rate']:.2f}x | "
-            f"{r['data_cpu_worker'] * 1000:.1f} + {r['data_cpu_redis'] * 1000:.1f} | "
-            f"{data_cpu / floor_cpu:.2f}x | {r['rate'] / r['data_rate']:.2f} |"
+            f"{r['floor_rate'] / r['data_rate']:.2f}x | {_cpu_cell(r, 'data_')} | "
+            f"{_cpu_ms(r, 'data_') / _cpu_ms(r, 'floor_'):.2f}x | "
+            f"{r['rate'] / r['data_rate']:.2f} |"
         )
     lines += [
         "",

@@ -132,15 +132,7 @@ def _put_objects(kind: str, work: Path, moto: Any, keys: list[str]) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto.endpoint_url,
-        region_name=moto.region,
-        aws_access_key_id=moto.access_key_id,
-        aws_secret_access_key=moto.secret_access_key,
-    )
+    client = moto.client()
     client.create_bucket(Bucket=BUCKET)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=body), keys))

@@ -135,18 +135,11 @@ class S3Bucket(Bucket):
     kind = "s3"
 
     def __init__(self, srv: MotoServer, name: str, *, versioned: bool = False) -> None:
-        import boto3
 
         self.srv = srv
         self.name = name
         self.base = srv.endpoint_url
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=srv.endpoint_url,
-            region_name=srv.region,
-            aws_access_key_id=srv.access_key_id,
-            aws_secret_access_key=srv.secret_access_key,
-        )
+        self.client = srv.client()
         self.client.create_bucket(Bucket=name)
         if versioned:
             self.client.put_bucket_versioning(

@@ -295,15 +295,8 @@ def test_an_undeclared_bucket_counts_under_its_store_type(
     """An input from an S3 bucket no store declares (read with the SDK's defaults) is counted
     with ``store_type="s3"``: its source's name is its URL's bucket, which once fell through
     to ``http``."""
-    import boto3
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_srv.endpoint_url,
-        region_name=s3_srv.region,
-        aws_access_key_id=s3_srv.access_key_id,
-        aws_secret_access_key=s3_srv.secret_access_key,
-    )
+    s3 = s3_srv.client()
     bucket = f"undeclared-{new_id('b')}"
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="in/a.bin", Body=b"s" * 3000)

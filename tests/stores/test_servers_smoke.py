@@ -54,15 +54,8 @@ def test_redis_shared_server_answers(redis_srv: RedisServer) -> None:
 
 
 def test_s3_put_get_range(s3_srv: MotoServer) -> None:
-    import boto3
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_srv.endpoint_url,
-        region_name=s3_srv.region,
-        aws_access_key_id=s3_srv.access_key_id,
-        aws_secret_access_key=s3_srv.secret_access_key,
-    )
+    s3 = s3_srv.client()
     bucket = _name()
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="a/b.bin", Body=DATA)

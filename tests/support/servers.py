@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 __all__ = [
     "AZURITE_ACCOUNT_KEY",
@@ -493,6 +493,18 @@ class MotoServer:
     region: str = "us-east-1"
     access_key_id: str = "testing"
     secret_access_key: str = "testing"
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server with its test credentials."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
 
     def reset(self) -> None:
         """Wipe all moto state (POST /moto-api/reset)."""

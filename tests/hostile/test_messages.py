@@ -66,6 +66,7 @@ SHAPES: list[tuple[str, dict[str, Any], str]] = [
     ("backslashed-filename", {"inputs": [_input(filename="..\\x.bin")]}, "inputs.0.filename"),
     ("dot-filename", {"inputs": [_input(filename=".")]}, "inputs.0.filename"),
     ("dotdot-filename", {"inputs": [_input(filename="..")]}, "inputs.0.filename"),
+    ("optional-a-string", {"inputs": [_input(optional="yes")]}, "inputs.0.optional"),
     ("duplicate-names", {"inputs": [_input(), _input()]}, "inputs"),
     ("traversing-execution-id", {"execution_id": "../../etc"}, "execution_id"),
     ("bidi-execution-id", {"execution_id": f"exec{BIDI}1"}, "execution_id"),

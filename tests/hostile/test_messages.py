@@ -72,6 +72,7 @@ SHAPES: list[tuple[str, dict[str, Any], str]] = [
     ("bidi-execution-id", {"execution_id": f"exec{BIDI}1"}, "execution_id"),
     ("crlf-in-url", {"inputs": [_input(urls=["https://h/x\r\nX-Evil: 1"])]}, "inputs.0.urls"),
     ("unsupported-scheme", {"inputs": [_input(urls=["ftp://h/x"])]}, "inputs.0.urls"),
+    ("wildcard-in-bucket", {"inputs": [_input(urls=["s3://b*/x.bin"])]}, "inputs.0.urls"),
     ("port-out-of-range", {"inputs": [_input(urls=["http://h:99999/x"])]}, "inputs.0.urls"),
     ("unknown-store", {"store": "nowhere"}, "store"),
     ("lone-surrogate-in-url", {"inputs": [_input(urls=["https://h/x\udc80"])]}, ""),

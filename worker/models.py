@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from worker.errors import MessageError, UnsupportedURL, bounded
 from worker.paths import hidden_characters
@@ -49,7 +49,8 @@ class InputSpec(_Message):
     urls: Annotated[list[str], Field(min_length=1, max_length=10_000)]
     filename: str | None = None
     keep_directories: KeepDirectories = "none"
-    optional: bool = False
+    #: strict: JSON true/false only (pydantic would take "yes", "off", 1 or 0 as a boolean)
+    optional: StrictBool = False
 
     @field_validator("name")
     @classmethod

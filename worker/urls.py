@@ -85,6 +85,11 @@ def parse_input_url(url: str) -> ParsedURL:
     parts_list = rest.split("/", segments)
     if len(parts_list) <= segments or not all(parts_list[:segments]) or not parts_list[-1]:
         raise UnsupportedURL(f"{redact_url(url)} is not of the form {kind.url_form}")
+    if any("*" in part for part in parts_list[:segments]):
+        # The SDKs refuse such a name with their own validation error, which says nothing.
+        raise UnsupportedURL(
+            f"{redact_url(url)}: a wildcard expands in the key part only ({kind.url_form})"
+        )
     return ParsedURL(scheme, tuple(parts_list[:segments]), parts_list[segments], url)
 
 

@@ -79,6 +79,31 @@ def test_two_urls_landing_on_one_path_fail_the_input(r: Rig) -> None:
     served_next(r)
 
 
+def test_filename_with_several_files_fails_and_one_object_named_twice_is_renamed(r: Rig) -> None:
+    """``filename`` renames a single file: two URLs fail the input before either is fetched
+    (the task's error names the input once); one URL given twice is one file, renamed."""
+    case = Case(r)
+    urls = [r.www.url("/a/one.txt"), r.www.url("/b/one.txt")]
+    state, result = _prepare(case, {"name": "x", "urls": urls, "filename": "only.txt"})
+    assert state == "FAILURE"
+    assert str(result) == "input 'x': filename renames a single file, but the URLs give 2 files"
+    event = case.failed()["data"]
+    assert event["input"] == "x" and event["error"]["code"] == "unsupported_url"
+    assert event["error"]["message"] == "filename renames a single file, but the URLs give 2 files"
+    assert not (case.exec_dir / "inputs" / "x").exists() or not any(
+        (case.exec_dir / "inputs" / "x").iterdir()
+    )
+    case.check_clean()
+
+    twice = Case(r)
+    url = r.www.url("/a/one.txt")
+    state, summary = _prepare(twice, {"name": "x", "urls": [url, url], "filename": "only.txt"})
+    assert state == "SUCCESS", summary
+    assert [f["name"] for f in summary["inputs"]["x"]] == ["only.txt"]
+    assert (twice.exec_dir / "inputs" / "x" / "only.txt").read_bytes() == b"one"
+    served_next(r)
+
+
 def test_one_url_renamed_onto_a_folder_of_another_fails(r: Rig) -> None:
     """``filename`` of one input cannot clash, but a file where another needs a folder does:
     ``a`` (a file) and ``a/one.txt`` under keep_directories full."""

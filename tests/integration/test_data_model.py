@@ -112,6 +112,27 @@ def test_invalid_alias_and_unusable_versions_are_refused(haul: Haul) -> None:
     assert [(c["dataset"], c["version"], c["files"]) for c in created] == [("e", "v1", 1)]
 
 
+def test_from_names_an_older_version_of_the_same_dataset(haul: Haul) -> None:
+    """``from`` another dataset's (sealed, existing) version is refused against the file's path,
+    like an unknown ``from``: the file is a datum, no version is made; the same dataset's works."""
+    project, first, later = new_id("proj"), new_id(), new_id()
+    _write(haul, first, "a.txt", b"a", {"valohai.dataset-versions": ["dataset://d/v1"]})
+    _store(haul, first, project)
+    cross = {"uri": "dataset://e/v1", "from": "dataset://d/v1"}
+    same = {"uri": "dataset://d/v2", "from": "dataset://d/v1"}
+    _write(haul, later, "b.txt", b"b", {"valohai.dataset-versions": [cross]})
+    _write(haul, later, "c.txt", b"c", {"valohai.dataset-versions": [same]})
+    assert _store(haul, later, project)["files"] == 2
+    stored = {e["data"]["path"]: e["data"] for e in haul.events(later, "haul.output.stored")}
+    assert stored["b.txt"]["dataset_versions"] == []
+    assert stored["c.txt"]["dataset_versions"] == ["dataset://d/v2"]
+    refused = [e["data"] for e in haul.events(later, "haul.output.refused")]
+    assert [r["path"] for r in refused] == ["b.txt"]
+    assert "dataset://e/v1" in refused[0]["reason"] and "dataset://d/v1" in refused[0]["reason"]
+    created = [e["data"] for e in haul.events(later, "haul.dataset.version.created")]
+    assert [(c["dataset"], c["version"], c["files"]) for c in created] == [("d", "v2", 2)]
+
+
 def test_dataset_input_layout_and_purged_members(haul: Haul) -> None:
     """``keep_directories: none`` flattens a version; a purged member fails the input, and an
     optional input skips just that member."""

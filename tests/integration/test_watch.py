@@ -156,6 +156,35 @@ def test_watch_ends_when_the_execution_folder_goes(watch_haul: Haul) -> None:
     }
 
 
+def test_watch_ends_by_itself_after_watch_max_s(redis_private: RedisServer, tmp_path: Path) -> None:
+    """``watch_max_s`` counts from the first round across the chain of rounds; a file made
+    read-only after the end waits for ``store_outputs``, which counts both."""
+    data_dir, eid = tmp_path / "data", new_id()
+    out = data_dir / "executions" / eid / "outputs"
+    out.mkdir(parents=True)
+    env = {**ENV, "HAUL_WATCH_MAX_S": "3"}
+    with start_worker(redis_private.url, data_dir, extra_env=env, concurrency=2) as w:
+        haul = Haul(redis_private.url, data_dir, w)
+        started = time.monotonic()
+        haul.send("haul.watch_outputs", _msg(eid))
+        _done(out / "early.bin", b"early")
+        _wait(lambda: _stored(haul, eid, "early.bin"), 20, "early.bin never stored")
+
+        def ended() -> Any:
+            result = _round_result(haul, eid)
+            return result if result and result["status"] == "ended" else None
+
+        result = _wait(ended, 30, "the watch did not end by itself")
+        assert result["reason"] == "watch_max_s reached"
+        assert time.monotonic() - started >= 3  # several 1 s rounds, one deadline
+        _done(out / "late.bin", b"late")
+        assert _stored(haul, eid, "late.bin") is None
+        state, summary = haul.run("haul.store_outputs", _msg(eid))
+        assert state == "SUCCESS" and summary["files"] == 2, summary
+        late = _stored(haul, eid, "late.bin")
+        assert late is not None and late["deduplicated"] is False
+
+
 def test_a_killed_watch_comes_back_and_rescans(redis_private: RedisServer, tmp_path: Path) -> None:
     """SIGKILL of the whole worker mid-watch: the redelivered round rescans and stores what
     was made read-only meanwhile; what the first worker stored is not stored again."""

@@ -67,6 +67,11 @@ def test_bad_ids(change: dict[str, Any], field: str) -> None:
         ({"filename": "a/b"}, "inputs.0.filename"),
         ({"keep_directories": "some"}, "inputs.0.keep_directories"),
         ({"surprise": 1}, "inputs.0.surprise"),
+        # JSON true/false only: pydantic's lax mode would read each of these as a boolean
+        ({"optional": "yes"}, "inputs.0.optional"),
+        ({"optional": "false"}, "inputs.0.optional"),
+        ({"optional": 1}, "inputs.0.optional"),
+        ({"optional": None}, "inputs.0.optional"),
     ],
 )
 def test_bad_inputs(input_change: dict[str, Any], field: str) -> None:

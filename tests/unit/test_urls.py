@@ -19,7 +19,19 @@ def test_parse_forms() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["s3://bucket", "s3://bucket/", "azure://acct/cont", "ftp://x/y", "datum://../x", "nourl"],
+    [
+        "s3://bucket",
+        "s3://bucket/",
+        "azure://acct/cont",
+        "ftp://x/y",
+        "datum://../x",
+        "nourl",
+        # a wildcard expands in the key part only (the SDKs' own refusal said nothing)
+        "s3://buck*/k",
+        "gs://*/k",
+        "azure://acct/c*/blob",
+        "swift://proj*/cont/obj",
+    ],
 )
 def test_malformed(url: str) -> None:
     with pytest.raises(UnsupportedURL):

@@ -177,26 +177,25 @@ def plan_input(
                 exc.url = redact_url(raw)
                 raise
             skipped.append((redact_url(raw), f"optional input missing: {exc}"))
+    # The same object named twice (a URL and a wildcard that also matches it) is fetched once.
+    files = list({(f.rel, f.url): f for f in files}.values())
     if spec.filename is not None:
         if len(files) > 1:
             raise UnsupportedURL(
-                f"input {spec.name!r}: filename renames a single file, but the URLs give "
-                f"{len(files)} files"
+                f"filename renames a single file, but the URLs give {len(files)} files"
             )
         files = [PlannedFile(f.input, f.url, f.source, f.key, f.info, spec.filename) for f in files]
-    # The same object named twice (a URL and a wildcard that also matches it) is fetched once.
-    files = list({(f.rel, f.url): f for f in files}.values())
-    _check_destinations(spec.name, files)
+    _check_destinations(files)
     return files, skipped
 
 
-def _check_destinations(name: str, files: list[PlannedFile]) -> None:
+def _check_destinations(files: list[PlannedFile]) -> None:
     """Two files on one path, or a file where another needs a folder, fail the input."""
     seen = {f.rel: f.url for f in files}
     if len(seen) < len(files):
         clash = next(f for f in files if seen[f.rel] != f.url)
         raise UnsupportedURL(
-            f"input {name!r}: {seen[clash.rel]} and {clash.url} would both be written to "
+            f"{seen[clash.rel]} and {clash.url} would both be written to "
             f"{clash.rel!r}; use keep_directories 'full' or 'suffix'"
         )
     for f in files:
@@ -205,6 +204,5 @@ def _check_destinations(name: str, files: list[PlannedFile]) -> None:
             folder = "/".join(parts[:depth])
             if folder in seen:
                 raise UnsupportedURL(
-                    f"input {name!r}: {seen[folder]} would be a file at {folder!r}, where "
-                    f"{f.url} needs a folder"
+                    f"{seen[folder]} would be a file at {folder!r}, where {f.url} needs a folder"
                 )

@@ -180,6 +180,9 @@ class DatasetIndex:
         """Add ``member`` to the version ``entry`` names; None, or why it cannot join."""
         ref = entry.target
         source = entry.source.uri if entry.source else ""
+        if entry.source is not None and entry.source.dataset != ref.dataset:
+            # Contract 9: "from" names an older version of the same dataset.
+            return f"{ref.uri}: from {source} is not a version of dataset {ref.dataset}"
         from_header = (
             f"{KEY_DATASET}:{_suffix(project_id, entry.source)}"
             if entry.source

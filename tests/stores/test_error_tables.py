@@ -159,3 +159,24 @@ def test_an_http_source_makes_one_request_and_passes_retry_after_up(tmp_path: Pa
         assert caught.value.retry_after_s is None
         assert len(srv.requests_for("/f.bin")) == 2
         http.close()
+
+
+def test_an_s3_request_refused_by_the_client_is_no_store_error() -> None:
+    """botocore refuses an invalid bucket name before any request (``ParamValidationError``):
+    one clear, permanent error that names the rule, not ``store_error: ParamValidationError``."""
+    import boto3
+    import botocore.exceptions as bce
+
+    from worker.errors import UnsupportedURL
+    from worker.stores.s3 import _translate
+
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
+    with pytest.raises(bce.ParamValidationError) as info:
+        client.head_object(Bucket="Bad Bucket!", Key="k")
+    err = _translate(info.value, "s3://Bad Bucket!/k", "read")
+    assert isinstance(err, UnsupportedURL)
+    assert err.code == "unsupported_url"
+    assert 'Invalid bucket name "Bad Bucket!"' in str(err)
+    assert "\n" not in str(err) and len(str(err)) < 400

@@ -41,6 +41,7 @@ from worker.errors import (
     SourceError,
     StoreError,
     TransientError,
+    UnsupportedURL,
 )
 from worker.net.presigned import PresignedRangeReader
 from worker.net.status import (
@@ -126,6 +127,11 @@ def _translate(exc: Exception, where: str, op: Op) -> HaulError:
         return IntegrityError(f"{where}: the body does not match the server's stated checksum")
     if isinstance(exc, bce.IncompleteReadError):
         return IntegrityError(f"{where}: the body ended early ({type(exc).__name__})")
+    if isinstance(exc, bce.ParamValidationError):
+        # Refused before any request (an invalid bucket name, say): no retry can help. Its
+        # report names the parameter and the rule; the values are the URL's, no secret.
+        detail = " ".join(str(exc.kwargs.get("report", "")).split())[:300]
+        return UnsupportedURL(f"{where}: the S3 client refused the request: {detail}")
     if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
         return AccessDenied(f"{where}: no usable credentials ({type(exc).__name__})")
     if isinstance(exc, bce.ProfileNotFound):

@@ -20,6 +20,7 @@ from celery.signals import (
 
 from tasks import observe, transport
 from tasks.config import celery_config
+from tasks.request import RedactedRequest
 from tasks.runner import ProcessRuntime, reject_undecodable, run_task
 from worker.logs import configure_logging
 from worker.pipeline.jobs import JOBS
@@ -45,11 +46,13 @@ def create_app(settings: Settings) -> Celery:
         # (status, execution id); the whole summary stays the task's result. Rendered,
         # redacted and written as JSON, a 580-character summary's line cost 0.16 CPU-ms at
         # Celery's 1024, 0.10 at 200, for characters nobody reads on that line.
+        # Request: what Celery's monitoring shows of the message is redacted (tasks/request.py).
         app.task(
             name=job.task,
             bind=True,
             max_retries=None,
             resultrepr_maxsize=RESULT_REPR_MAXSIZE,
+            Request=RedactedRequest,
         )(_task_function(job, runtime))
     _connect_signals(app, settings, runtime)
     return app

@@ -68,6 +68,11 @@ def www(tmp_path: Path) -> Iterator[TestHTTPServer]:
         yield srv
 
 
+SECRET = "c2VjcmV0LXNpZ25hdHVyZQ"
+#: a presigned URL's query: a credential (contract section 7)
+SIGNED = f"?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature={SECRET}&X-Amz-Expires=600"
+
+
 def _prepare(eid: str, url: str) -> dict[str, Any]:
     return {"execution_id": eid, "project_id": "proj-ops", "inputs": [{"name": "x", "urls": [url]}]}
 
@@ -187,6 +192,14 @@ def test_a_malformed_metrics_bind_is_a_settings_error() -> None:
     assert load_settings(environ={"HAUL_METRICS_BIND": ""}).metrics_bind == ""
 
 
+def _send_shown_whole(haul: Haul, message: dict[str, Any]) -> Any:
+    """As a client that writes the whole message into ``argsrepr`` (Celery's own client cuts
+    nested values short; a client in another language need not)."""
+    return haul.client.send_task(
+        "haul.prepare_inputs", args=[message], queue="haul.inputs", argsrepr=json.dumps([message])
+    )
+
+
 def _receive(broker_url: str, seen: list[dict[str, Any]]) -> None:
     """What `celery events` and Flower do: capture every event the workers send."""
     from celery import Celery
@@ -215,7 +228,8 @@ def test_celery_events_and_inspect_see_haul_tasks(
 ) -> None:
     """A real event receiver sees haul.prepare_inputs received, started and succeeded; while a
     slow one runs, `celery -A tasks inspect active` names it, `inspect ping` answers, and the
-    worker's stats count the task."""
+    worker's stats count the task. The inputs are presigned-looking URLs: their signatures
+    are in no event Celery sends and in no answer of `inspect active`."""
     url = redis_srv.url_for_db(10)
     data_dir = tmp_path / "data"
     (www.root / "small.bin").write_bytes(b"s" * 100)
@@ -232,7 +246,7 @@ def test_celery_events_and_inspect_see_haul_tasks(
         _until(lambda: any(e["type"] == "worker-heartbeat" for e in seen), 30, "no heartbeat")
         haul = Haul(url, data_dir, w, broker_url)
         done = "task-succeeded"
-        result = haul.send("haul.prepare_inputs", _prepare(new_id(), www.url("/small.bin")))
+        result = _send_shown_whole(haul, _prepare(new_id(), www.url("/small.bin") + SIGNED))
         mine = _until(
             lambda: [e for e in seen if e.get("uuid") == result.id and e["type"] == done],
             30,
@@ -243,13 +257,16 @@ def test_celery_events_and_inspect_see_haul_tasks(
         assert {"task-received", "task-started", "task-succeeded"} <= types
         received = next(e for e in seen if e["type"] == "task-received")
         assert received["name"] == "haul.prepare_inputs"
+        assert "/small.bin" in received["args"]  # the message is shown, its signature is not
+        assert not [e for e in seen if SECRET in json.dumps(e)]
 
         env = worker_env(url, data_dir, ENV, broker_url)
-        slow = haul.send("haul.prepare_inputs", _prepare(new_id(), www.url("/slow.bin")))
+        slow = _send_shown_whole(haul, _prepare(new_id(), www.url("/slow.bin") + SIGNED))
         _until(lambda: slow.state == "STARTED", 30, "the slow task never started")
         node = w.hostname.replace("%h", socket.gethostname())
         active = _celery_cli(env, node, "active")
         assert "haul.prepare_inputs" in active and slow.id in active, active
+        assert "/slow.bin" in active and SECRET not in active, active
         assert "pong" in _celery_cli(env, node, "ping")
         # stats through the same remote-control API the CLI uses (one CLI start is ~4 s here)
         stats = haul.client.control.inspect(destination=[node], timeout=10, limit=1).stats()

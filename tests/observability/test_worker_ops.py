@@ -321,3 +321,37 @@ def test_an_undeclared_bucket_counts_under_its_store_type(
     assert _value(samples, "haul_files_total", direction="in", store_type="s3") == 1
     assert _value(samples, "haul_transfer_bytes_total", direction="in", store_type="s3") == 3000
     assert _value(samples, "haul_files_total", direction="in", store_type="http") == 0
+
+
+@pytest.mark.parametrize("lost", ["broker", "redis"])
+def test_healthz_follows_a_redis_broker_and_redis_url_each_on_its_own(
+    redis_srv: Any, tmp_path: Path, lost: str
+) -> None:
+    """A Redis broker that is not ``redis_url``: losing either one (a TCP proxy in front of
+    each, the one named cut) turns /healthz 503 within 10 s, naming the lost one while the
+    other stays ok, and 200 again once it is back."""
+    from tests.support.tcpproxy import tcp_proxy
+
+    host, port = "127.0.0.1", redis_srv.port
+    with tcp_proxy(host, port) as to_broker, tcp_proxy(host, port) as to_redis:
+        broker = f"redis://{host}:{to_broker.port}/12"
+        url = f"redis://{host}:{to_redis.port}/13"
+        with start_worker(url, tmp_path / "data", ENV, broker_url=broker) as w:
+            health = w.metrics_url + "/healthz"
+            first = httpx.get(health, timeout=5)
+            assert first.status_code == 200, first.text
+            assert first.json()["checks"] == {"broker": "ok", "redis": "ok"}
+            proxy = to_broker if lost == "broker" else to_redis
+            proxy.cut()
+            cut = time.monotonic()
+            got = _until(
+                lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
+                15,
+                "healthz never turned 503",
+            )
+            assert time.monotonic() - cut < 10
+            checks = got.json()["checks"]
+            kept = "redis" if lost == "broker" else "broker"
+            assert checks[lost] != "ok" and checks[kept] == "ok", checks
+            proxy.restore()
+            _until(lambda: httpx.get(health, timeout=5).status_code == 200, 15, "never healthy")

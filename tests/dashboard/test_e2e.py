@@ -19,12 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 import redis
 from celery import Celery
 
+from dashboard.render import size
 from tests.dashboard.conftest import chromium
 from tests.dashboard.webproc import WebProcess, spawn_web, start_web
 from tests.support import servers
@@ -266,6 +268,27 @@ def test_markup_in_urls_and_names_is_text(world: World, page: Any) -> None:
     page.goto(f"{world.web.url}/datums/{out['datum_id']}")
     assert page.locator("img").count() == 0 and XSS in page.locator("main").inner_text()
     assert page.dialogs == []
+
+
+def test_url_history_page_shows_every_read_with_its_hashes(world: World, page: Any) -> None:
+    """/inputs?project=&url= lists each read of labels.txt (A, then B) with its execution's
+    link, size and all three hashes, and marks B's read as where the content changed."""
+    url = f"{world.www.base_url}/labels.txt"
+    reads = world.api("/api/inputs", project="proj-web", url=url)["reads"]
+    page.goto(f"{world.web.url}/inputs?" + urlencode({"project": "proj-web", "url": url}))
+    rows = page.locator("table.history tbody tr")
+    assert rows.count() == len(reads) == 2
+    for i, read in enumerate(reads):
+        row = rows.nth(i)
+        text = row.inner_text()
+        for key in ("md5", "sha1", "sha256"):
+            assert read[key] in text, (key, text)
+        assert size(read["size"]) in text
+        link = row.locator(f"a[href='/executions/{read['execution_id']}']")
+        assert link.inner_text() == read["execution_id"]
+        assert ("changed" in (row.get_attribute("class") or "")) is read["changed"]
+    assert [r["execution_id"] for r in reads] == [world.ids["A"], world.ids["B"]]
+    assert "changed" in rows.nth(1).locator(".badge.warning").inner_text()
 
 
 def test_new_execution_appears_live(world: World, page: Any) -> None:

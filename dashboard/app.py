@@ -126,11 +126,13 @@ def create_app(ctx: WebContext) -> FastAPI:
         return page_error(request, exc.status_code, str(exc.detail))
 
     def page_error(request: Request, status: int, message: str) -> HTMLResponse:
+        # An id the dashboard never saw may be one whose events were trimmed before it read
+        # them: its 404 says so as every other page does (contract section 10).
         return templates.TemplateResponse(
             request,
             "error.html",
             {"title": f"{status}", "status": status, "message": message,
-             "incomplete_before": None},
+             "incomplete_before": q.incomplete_before()},
             status_code=status,
         )  # fmt: skip
 

@@ -270,6 +270,23 @@ def test_markup_in_urls_and_names_is_text(world: World, page: Any) -> None:
     assert page.dialogs == []
 
 
+def test_outputs_on_the_details_page_show_datum_ids_keys_and_hashes(
+    world: World, page: Any
+) -> None:
+    """A's page lists each output with its datum id (a link to the datum's page), key, URI
+    and all three hashes."""
+    outputs = world.api(f"/api/executions/{world.ids['A']}")["outputs"]
+    page.goto(f"{world.web.url}/executions/{world.ids['A']}")
+    for out in outputs:
+        article = page.locator("article.file").filter(
+            has=page.locator(f"a.datum[href='/datums/{out['datum_id']}']")
+        )
+        text = article.inner_text()
+        assert f"datum://{out['datum_id']}" in text, text
+        for key in ("key", "uri", "md5", "sha1", "sha256"):
+            assert out[key] in text, (key, text)
+
+
 def test_url_history_page_shows_every_read_with_its_hashes(world: World, page: Any) -> None:
     """/inputs?project=&url= lists each read of labels.txt (A, then B) with its execution's
     link, size and all three hashes, and marks B's read as where the content changed."""

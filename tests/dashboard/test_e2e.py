@@ -167,6 +167,19 @@ def test_listing_matches_the_events(world: World) -> None:
     assert newest_first.index(world.ids["C"]) < newest_first.index(world.ids["A"])
 
 
+def test_filters_left_empty_are_filters_not_given(world: World) -> None:
+    """The contract's query template with its blanks unfilled
+    (``?project=&status=&warnings=true&limit=&cursor=``) is the listing with only the filters
+    that have a value: here the warned executions, B alone; all blank is the whole listing."""
+    blank = "project=&status=&warnings=true&limit=&cursor="
+    r = httpx.get(f"{world.web.url}/api/executions?{blank}", timeout=10)
+    assert r.status_code == 200, r.text
+    assert [i["execution_id"] for i in r.json()["items"]] == [world.ids["B"]]
+    r = httpx.get(f"{world.web.url}/api/executions?project=&status=&warnings=&limit=", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == world.api("/api/executions")["items"]
+
+
 def test_details_match_the_events(world: World) -> None:
     """Inputs, change, failure, outputs and the timeline of the details API, field by field."""
     ev_a = world.events(world.ids["A"])

@@ -83,6 +83,20 @@ def create_app(ctx: WebContext) -> FastAPI:
     q = ctx.queries
 
     @app.middleware("http")
+    async def blank_parameters_are_absent(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # The contract's own template, `?project=&status=&warnings=true&limit=&cursor=`, and
+        # every HTML form send a filter left empty as `name=`: in the listing's API, as on the
+        # pages, that is a filter not given (it was a 422 for status, warnings and limit).
+        # Only there: every parameter of the listing is optional.
+        query: bytes = request.scope.get("query_string", b"")
+        if query and request.url.path == "/api/executions":
+            kept = [p for p in query.split(b"&") if p.partition(b"=")[2]]
+            request.scope["query_string"] = b"&".join(kept)
+        return await call_next(request)
+
+    @app.middleware("http")
     async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -126,11 +140,13 @@ def create_app(ctx: WebContext) -> FastAPI:
         return page_error(request, exc.status_code, str(exc.detail))
 
     def page_error(request: Request, status: int, message: str) -> HTMLResponse:
+        # An id the dashboard never saw may be one whose events were trimmed before it read
+        # them: its 404 says so as every other page does (contract section 10).
         return templates.TemplateResponse(
             request,
             "error.html",
             {"title": f"{status}", "status": status, "message": message,
-             "incomplete_before": None},
+             "incomplete_before": q.incomplete_before()},
             status_code=status,
         )  # fmt: skip
 

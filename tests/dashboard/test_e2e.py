@@ -19,12 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 import redis
 from celery import Celery
 
+from dashboard.render import size
 from tests.dashboard.conftest import chromium
 from tests.dashboard.webproc import WebProcess, spawn_web, start_web
 from tests.support import servers
@@ -165,6 +167,19 @@ def test_listing_matches_the_events(world: World) -> None:
     assert newest_first.index(world.ids["C"]) < newest_first.index(world.ids["A"])
 
 
+def test_filters_left_empty_are_filters_not_given(world: World) -> None:
+    """The contract's query template with its blanks unfilled
+    (``?project=&status=&warnings=true&limit=&cursor=``) is the listing with only the filters
+    that have a value: here the warned executions, B alone; all blank is the whole listing."""
+    blank = "project=&status=&warnings=true&limit=&cursor="
+    r = httpx.get(f"{world.web.url}/api/executions?{blank}", timeout=10)
+    assert r.status_code == 200, r.text
+    assert [i["execution_id"] for i in r.json()["items"]] == [world.ids["B"]]
+    r = httpx.get(f"{world.web.url}/api/executions?project=&status=&warnings=&limit=", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == world.api("/api/executions")["items"]
+
+
 def test_details_match_the_events(world: World) -> None:
     """Inputs, change, failure, outputs and the timeline of the details API, field by field."""
     ev_a = world.events(world.ids["A"])
@@ -266,6 +281,44 @@ def test_markup_in_urls_and_names_is_text(world: World, page: Any) -> None:
     page.goto(f"{world.web.url}/datums/{out['datum_id']}")
     assert page.locator("img").count() == 0 and XSS in page.locator("main").inner_text()
     assert page.dialogs == []
+
+
+def test_outputs_on_the_details_page_show_datum_ids_keys_and_hashes(
+    world: World, page: Any
+) -> None:
+    """A's page lists each output with its datum id (a link to the datum's page), key, URI
+    and all three hashes."""
+    outputs = world.api(f"/api/executions/{world.ids['A']}")["outputs"]
+    page.goto(f"{world.web.url}/executions/{world.ids['A']}")
+    for out in outputs:
+        article = page.locator("article.file").filter(
+            has=page.locator(f"a.datum[href='/datums/{out['datum_id']}']")
+        )
+        text = article.inner_text()
+        assert f"datum://{out['datum_id']}" in text, text
+        for key in ("key", "uri", "md5", "sha1", "sha256"):
+            assert out[key] in text, (key, text)
+
+
+def test_url_history_page_shows_every_read_with_its_hashes(world: World, page: Any) -> None:
+    """/inputs?project=&url= lists each read of labels.txt (A, then B) with its execution's
+    link, size and all three hashes, and marks B's read as where the content changed."""
+    url = f"{world.www.base_url}/labels.txt"
+    reads = world.api("/api/inputs", project="proj-web", url=url)["reads"]
+    page.goto(f"{world.web.url}/inputs?" + urlencode({"project": "proj-web", "url": url}))
+    rows = page.locator("table.history tbody tr")
+    assert rows.count() == len(reads) == 2
+    for i, read in enumerate(reads):
+        row = rows.nth(i)
+        text = row.inner_text()
+        for key in ("md5", "sha1", "sha256"):
+            assert read[key] in text, (key, text)
+        assert size(read["size"]) in text
+        link = row.locator(f"a[href='/executions/{read['execution_id']}']")
+        assert link.inner_text() == read["execution_id"]
+        assert ("changed" in (row.get_attribute("class") or "")) is read["changed"]
+    assert [r["execution_id"] for r in reads] == [world.ids["A"], world.ids["B"]]
+    assert "changed" in rows.nth(1).locator(".badge.warning").inner_text()
 
 
 def test_new_execution_appears_live(world: World, page: Any) -> None:

@@ -338,3 +338,81 @@ def test_an_undeclared_bucket_counts_under_its_store_type(
     assert _value(samples, "haul_files_total", direction="in", store_type="s3") == 1
     assert _value(samples, "haul_transfer_bytes_total", direction="in", store_type="s3") == 3000
     assert _value(samples, "haul_files_total", direction="in", store_type="http") == 0
+
+
+@pytest.mark.parametrize("lost", ["broker", "redis"])
+def test_healthz_follows_a_redis_broker_and_redis_url_each_on_its_own(
+    redis_srv: Any, tmp_path: Path, lost: str
+) -> None:
+    """A Redis broker that is not ``redis_url``: losing either one (a TCP proxy in front of
+    each, the one named cut) turns /healthz 503 within 10 s, naming the lost one while the
+    other stays ok, and 200 again once it is back."""
+    from tests.support.tcpproxy import tcp_proxy
+
+    host, port = "127.0.0.1", redis_srv.port
+    with tcp_proxy(host, port) as to_broker, tcp_proxy(host, port) as to_redis:
+        broker = f"redis://{host}:{to_broker.port}/12"
+        url = f"redis://{host}:{to_redis.port}/13"
+        with start_worker(url, tmp_path / "data", ENV, broker_url=broker) as w:
+            health = w.metrics_url + "/healthz"
+            first = httpx.get(health, timeout=5)
+            assert first.status_code == 200, first.text
+            assert first.json()["checks"] == {"broker": "ok", "redis": "ok"}
+            proxy = to_broker if lost == "broker" else to_redis
+            proxy.cut()
+            cut = time.monotonic()
+            got = _until(
+                lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
+                15,
+                "healthz never turned 503",
+            )
+            assert time.monotonic() - cut < 10
+            checks = got.json()["checks"]
+            kept = "redis" if lost == "broker" else "broker"
+            assert checks[lost] != "ok" and checks[kept] == "ok", checks
+            proxy.restore()
+            _until(lambda: httpx.get(health, timeout=5).status_code == 200, 15, "never healthy")
+
+
+def test_a_datum_input_counts_under_its_stores_type(
+    redis_srv: Any, s3_srv: Any, tmp_path: Path
+) -> None:
+    """An output stored in an S3 store, read back twice as ``datum://<id>``: both reads count
+    as ``store_type="s3"`` files and bytes in (the second a cache hit, counted as moved too),
+    none as local or http."""
+    s3 = s3_srv.client()
+    bucket = new_id("lake")
+    s3.create_bucket(Bucket=bucket)
+    url = redis_srv.url_for_db(12)
+    data_dir = tmp_path / "data"
+    env = {
+        **ENV,
+        "HAUL_STORES__LAKE__TYPE": "s3",
+        "HAUL_STORES__LAKE__BUCKET": bucket,
+        "HAUL_STORES__LAKE__ENDPOINT_URL": s3_srv.endpoint_url,
+        "HAUL_STORES__LAKE__REGION": s3_srv.region,
+        "AWS_ACCESS_KEY_ID": s3_srv.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_srv.secret_access_key,
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_CONFIG_FILE": "/nonexistent",
+    }
+    with broker_for("redis", redis_srv, 12), start_worker(url, data_dir, env) as w:
+        haul = Haul(url, data_dir, w)
+        producer = new_id()
+        outputs = haul.exec_dir(producer) / "outputs"
+        outputs.mkdir(parents=True)
+        (outputs / "m.bin").write_bytes(b"m" * 2000)
+        message = {"execution_id": producer, "project_id": "proj-ops", "store": "lake"}
+        state, summary = haul.run("haul.store_outputs", message)
+        assert state == "SUCCESS", haul.log_tail()
+        datum = summary["datums"][0]["datum_id"]
+        for _ in range(2):
+            state, summary = haul.run("haul.prepare_inputs", _prepare(new_id(), f"datum://{datum}"))
+            assert state == "SUCCESS" and summary["status"] == "ready", haul.log_tail()
+        samples = _samples(w.metrics_url)
+    assert _value(samples, "haul_files_total", direction="in", store_type="s3") == 2
+    assert _value(samples, "haul_transfer_bytes_total", direction="in", store_type="s3") == 4000
+    assert _value(samples, "haul_files_total", direction="out", store_type="s3") == 1
+    assert _value(samples, "haul_cache_hits_total") == 1
+    for other in ("local", "http"):
+        assert _value(samples, "haul_files_total", direction="in", store_type=other) == 0

@@ -56,6 +56,11 @@ class TcpProxy:
     def cut(self) -> None:
         """Refuse new connections and reset every open one (a broker that went away)."""
         if self._listener is not None:
+            # close() alone does not wake the thread blocked in accept() (Linux keeps the
+            # socket open under it), which then let one more connection through: a client
+            # that reconnected at once (redis-py) kept a working connection across the cut.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:

@@ -146,21 +146,27 @@ def test_metrics_cover_every_pool_process_with_bounded_labels(
     assert succeeded and all(x.get("execution_id") for x in succeeded)  # Celery's line too
 
 
+def _unhealthy_after(outage: Callable[[], None], health: str) -> httpx.Response:
+    """Start ``outage``; /healthz must answer 503 within 10 s of it. Returns that answer."""
+    outage()
+    began = time.monotonic()
+    got: httpx.Response = _until(
+        lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
+        15,
+        "healthz never turned 503",
+    )
+    assert time.monotonic() - began < 10
+    return got
+
+
 def test_healthz_follows_redis(redis_private: Any, tmp_path: Path) -> None:
     """/healthz is 200 while the worker reaches Redis (its broker here), 503 within 10 s of
     Redis going away, and 200 again once it is back."""
     with start_worker(redis_private.url, tmp_path / "data", ENV) as w:
         health = w.metrics_url + "/healthz"
         assert httpx.get(health, timeout=5).status_code == 200
-        redis_private.stop()
-        stopped = time.monotonic()
         try:
-            got = _until(
-                lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
-                15,
-                "healthz never turned 503",
-            )
-            assert time.monotonic() - stopped < 10
+            got = _unhealthy_after(redis_private.stop, health)
             assert got.json()["status"] == "unavailable"
         finally:
             redis_private.start()
@@ -290,14 +296,7 @@ def test_healthz_follows_a_rabbitmq_broker(redis_private: Any, tmp_path: Path) -
         with start_worker(redis_private.url, tmp_path / "data", ENV, broker_url=broker) as w:
             health = w.metrics_url + "/healthz"
             assert httpx.get(health, timeout=5).status_code == 200
-            proxy.cut()
-            cut = time.monotonic()
-            got = _until(
-                lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
-                15,
-                "healthz never turned 503",
-            )
-            assert time.monotonic() - cut < 10
+            got = _unhealthy_after(proxy.cut, health)
             body = got.json()
             assert body["status"] == "unavailable"
             assert body["checks"]["redis"] == "ok" and body["checks"]["broker"] != "ok"
@@ -359,14 +358,7 @@ def test_healthz_follows_a_redis_broker_and_redis_url_each_on_its_own(
             assert first.status_code == 200, first.text
             assert first.json()["checks"] == {"broker": "ok", "redis": "ok"}
             proxy = to_broker if lost == "broker" else to_redis
-            proxy.cut()
-            cut = time.monotonic()
-            got = _until(
-                lambda: (r := httpx.get(health, timeout=5)).status_code == 503 and r,
-                15,
-                "healthz never turned 503",
-            )
-            assert time.monotonic() - cut < 10
+            got = _unhealthy_after(proxy.cut, health)
             checks = got.json()["checks"]
             kept = "redis" if lost == "broker" else "broker"
             assert checks[lost] != "ok" and checks[kept] == "ok", checks

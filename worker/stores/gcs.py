@@ -390,6 +390,7 @@ STORE_TYPE = StoreType(
     # The SDK honours it too; captured so the store sees it without reading the environment.
     secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
     adhoc=_adhoc,
+    adhoc_secret_env={"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
 )
 
 __all__ = ["STORE_TYPE", "GCSStore", "GCSStoreConfig", "from_config"]

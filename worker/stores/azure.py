@@ -131,6 +131,19 @@ def _default_credential() -> Any:
     return DefaultAzureCredential()
 
 
+def _from_connection_string(name: str, connection_string: str, opts: dict[str, Any]) -> Any:
+    """The service client of a connection string; one that does not parse is a credentials
+    problem named as such (the SDK raises a bare ValueError, with a fixed text)."""
+    from azure.storage.blob import BlobServiceClient
+
+    try:
+        return BlobServiceClient.from_connection_string(connection_string, **opts)
+    except ValueError:
+        raise AccessDenied(
+            f"azure store {name!r}: no usable credentials (the connection string is malformed)"
+        ) from None
+
+
 class AzureStore(SdkStore):
     """One container (and key prefix) of an Azure storage account."""
 
@@ -181,7 +194,7 @@ class AzureStore(SdkStore):
 
         with self._sdk(""):
             if connection_string:
-                service = BlobServiceClient.from_connection_string(connection_string, **opts)
+                service = _from_connection_string(name, connection_string, opts)
             elif account_url:
                 cred = credential if credential is not None else _default_credential()
                 service = BlobServiceClient(account_url, credential=cred, **opts)

@@ -133,6 +133,8 @@ class Settings(_Strict):
 
     # Credentials captured from the environment at start; never printed.
     secrets: dict[str, StoreSecrets] = Field(default_factory=dict, exclude=True, repr=False)
+    #: the same for containers no store declares, by store type (the SDK's default variables)
+    adhoc_secrets: dict[str, StoreSecrets] = Field(default_factory=dict, exclude=True, repr=False)
     #: the TOML file the settings came from (None: embedded defaults and environment only)
     _config_file: Path | None = PrivateAttr(default=None)
     #: an HTTP(S) proxy is set in the environment (the SDKs would use it)
@@ -202,6 +204,10 @@ class Settings(_Strict):
 
     def store_secrets(self, name: str) -> StoreSecrets:
         return self.secrets.get(name, StoreSecrets())
+
+    def adhoc_store_secrets(self, type_name: str) -> StoreSecrets:
+        """What an undeclared bucket / container of that store type is read with."""
+        return self.adhoc_secrets.get(type_name, StoreSecrets())
 
 
 def _valid_name(name: str) -> bool:
@@ -276,6 +282,15 @@ def _capture_secrets(settings: Settings, environ: Mapping[str, str]) -> dict[str
     return secrets
 
 
+def _capture_adhoc_secrets(environ: Mapping[str, str]) -> dict[str, StoreSecrets]:
+    return {
+        kind: StoreSecrets(
+            values={k: SecretStr(environ[v]) for k, v in wanted.items() if environ.get(v)}
+        )
+        for kind, wanted in registry.adhoc_secret_env().items()
+    }
+
+
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -301,7 +316,12 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    loaded = settings.model_copy(update={"secrets": _capture_secrets(settings, env)})
+    loaded = settings.model_copy(
+        update={
+            "secrets": _capture_secrets(settings, env),
+            "adhoc_secrets": _capture_adhoc_secrets(env),
+        }
+    )
     loaded._config_file = path
     loaded._proxy_in_env = any(env.get(k) for k in _PROXY_VARS)
     return loaded

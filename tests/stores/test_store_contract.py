@@ -205,6 +205,29 @@ def test_large_create_of_existing_key_raises_already_exists(
     assert _read(store, "big2.bin") == first
 
 
+def test_large_create_racing_the_key_at_commit_never_overwrites(
+    harness: Harness, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key appears after the existence check and before the parts are committed: the
+    commit itself is conditional (S3 CompleteMultipartUpload If-None-Match: *, Azure Put
+    Block List If-None-Match: *, GCS resumable ifGenerationMatch=0, Swift manifest PUT
+    If-None-Match: *), so it is AlreadyExists and the bytes there stay; no part is left behind
+    (S3: no open multipart upload; Swift: only the live object's segments)."""
+    store = harness.make(multipart_threshold_bytes=1 * MiB)
+    first = _data(2 * MiB, seed=11)
+    _create(store, "late.bin", first, make_file)
+    monkeypatch.setattr(store, "_exists", lambda key: False, raising=False)  # the check missed it
+    with pytest.raises(AlreadyExists):
+        _create(store, "late.bin", _data(2 * MiB, seed=12), make_file)
+    assert _read(store, "late.bin") == first
+    if harness.kind == "s3":
+        s3 = store._client  # type: ignore[attr-defined]
+        assert not s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads")  # type: ignore[attr-defined]
+    if harness.kind == "swift":
+        _, segments = store._conn().get_container(store.segment_container)  # type: ignore[attr-defined]
+        assert len(segments) == 1  # the first upload's one segment
+
+
 def test_delete_true_then_false(harness: Harness, make_file: MakeFile) -> None:
     """delete says True when it removed the object, False when there was none."""
     _create(harness.store, "d/x.bin", b"bye", make_file)

@@ -12,7 +12,7 @@ import redis
 from worker.errors import LeaseHeld
 from worker.lease import Lease
 from worker.records.change_memory import ChangeMemory, Seen, change_message
-from worker.records.datums import content_key, datum_id
+from worker.records.datums import content_key, datum_id, record_key
 
 
 @pytest.fixture
@@ -73,6 +73,15 @@ def test_ids_and_keys_are_deterministic() -> None:
     sha = "ab" * 32
     assert content_key("haul", "proj-42", sha, "x.bin") == f"haul/data/proj-42/ab/{sha}/x.bin"
     assert content_key("", "p", sha, "x") == f"data/p/ab/{sha}/x"
+
+
+@pytest.mark.parametrize("prefix", ["/haul/lake", "haul//lake/", "//haul///lake//"])
+def test_a_prefix_never_gives_a_leading_or_double_slash(prefix: str) -> None:
+    """Contract section 5's ``<store prefix>/data/...`` with the prefix as an operator may write
+    it: the slashes around and inside it collapse (``haul//lake`` gave ``haul//lake/data``)."""
+    sha = "ab" * 32
+    assert content_key(prefix, "p", sha, "x.bin") == f"haul/lake/data/p/ab/{sha}/x.bin"
+    assert record_key(prefix, "p", "d1") == "haul/lake/datums/p/d1.json"
     assert datum_id("p", "e", "a/b", sha) == datum_id("p", "e", "a/b", sha)
     assert datum_id("p", "e", "a/b", sha) != datum_id("p", "e", "a/c", sha)
 

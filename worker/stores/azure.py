@@ -131,6 +131,19 @@ def _default_credential() -> Any:
     return DefaultAzureCredential()
 
 
+def _from_connection_string(name: str, connection_string: str, opts: dict[str, Any]) -> Any:
+    """The service client of a connection string; one that does not parse is a credentials
+    problem named as such (the SDK raises a bare ValueError, with a fixed text)."""
+    from azure.storage.blob import BlobServiceClient
+
+    try:
+        return BlobServiceClient.from_connection_string(connection_string, **opts)
+    except ValueError:
+        raise AccessDenied(
+            f"azure store {name!r}: no usable credentials (the connection string is malformed)"
+        ) from None
+
+
 class AzureStore(SdkStore):
     """One container (and key prefix) of an Azure storage account."""
 
@@ -181,7 +194,7 @@ class AzureStore(SdkStore):
 
         with self._sdk(""):
             if connection_string:
-                service = BlobServiceClient.from_connection_string(connection_string, **opts)
+                service = _from_connection_string(name, connection_string, opts)
             elif account_url:
                 cred = credential if credential is not None else _default_credential()
                 service = BlobServiceClient(account_url, credential=cred, **opts)
@@ -357,32 +370,49 @@ def from_config(
     name: str, cfg: AzureStoreConfig, secrets: StoreSecrets, tuning: StoreTuning
 ) -> AzureStore:
     """The connection string from ``secrets`` (captured from ``connection_string_env``), else
-    ``account_url`` with Azure's default credential chain."""
+    ``account_url`` with Azure's default credential chain.
+
+    A connection string is an account's: where ``account_url`` names another account (an
+    undeclared container elsewhere, read with the default variable's string at hand), the
+    string is not used for it."""
+    conn = secrets.get("connection_string")
+    if (
+        conn
+        and cfg.account_url
+        and _conn_account(conn) not in (None, _url_account(cfg.account_url))
+    ):
+        conn = None
     return AzureStore(
         name,
         cfg.container,
         prefix=cfg.prefix,
-        connection_string=secrets.get("connection_string"),
+        connection_string=conn,
         account_url=cfg.account_url,
         tuning=tuning,
     )
 
 
+def _url_account(account_url: str) -> str:
+    parts = urlsplit(account_url)
+    host = parts.hostname or ""
+    if host.endswith(".blob.core.windows.net"):
+        return host.split(".", 1)[0]
+    # Emulators put the account in the path: http://127.0.0.1:10000/devstoreaccount1
+    first = parts.path.strip("/").split("/", 1)[0]
+    return first or host.split(".", 1)[0]
+
+
+def _conn_account(conn: str) -> str | None:
+    fields = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+    return fields.get("AccountName")
+
+
 def azure_account(cfg: AzureStoreConfig, secrets: StoreSecrets) -> str | None:
     """The storage account of an Azure store: from account_url, else the connection string."""
     if cfg.account_url:
-        parts = urlsplit(cfg.account_url)
-        host = parts.hostname or ""
-        if host.endswith(".blob.core.windows.net"):
-            return host.split(".", 1)[0]
-        # Emulators put the account in the path: http://127.0.0.1:10000/devstoreaccount1
-        first = parts.path.strip("/").split("/", 1)[0]
-        return first or host.split(".", 1)[0]
+        return _url_account(cfg.account_url)
     conn = secrets.get("connection_string")
-    if conn:
-        fields = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
-        return fields.get("AccountName")
-    return None
+    return _conn_account(conn) if conn else None
 
 
 def _owns(cfg: AzureStoreConfig, secrets: StoreSecrets, url: ParsedURL) -> bool:
@@ -409,6 +439,9 @@ STORE_TYPE = StoreType(
     loggers=("azure",),
     secret_env=lambda cfg: {"connection_string": cfg.connection_string_env},
     adhoc=_adhoc,
+    # An undeclared container of the account in the default variable's connection string is
+    # read with it (the account's key, endpoint); any other account with the default chain.
+    adhoc_secret_env={"connection_string": "AZURE_STORAGE_CONNECTION_STRING"},
 )
 
 __all__ = ["STORE_TYPE", "AzureStore", "AzureStoreConfig", "from_config"]

@@ -192,8 +192,9 @@ class StagingStore(Protocol):
 
 
 def join_key(*parts: str) -> str:
-    """Join key parts with single slashes, dropping empty parts."""
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    """Join key parts with single slashes: no empty segment anywhere, so a configured prefix
+    such as ``/haul//lake/`` gives ``haul/lake/...``, never a leading or a double slash."""
+    return "/".join(seg for part in parts for seg in part.split("/") if seg)
 
 
 class SourceBase:

@@ -222,11 +222,8 @@ class GCSStore(SdkStore):
         if md5:
             note = "md5: md5Hash"
         elif crc is not None:
-            # haul hashes md5/sha1/sha256, not crc32c: say plainly that only the size is checked.
-            note = (
-                "none: a composite object states only crc32c, which haul does not check; "
-                "size checked"
-            )
+            # A composite object: the download computes a crc32c too and checks it.
+            note = "crc32c: crc32c of a composite object"
         else:
             note = "none: the object states no checksum"
         generation = str(blob.generation) if blob.generation is not None else None
@@ -390,6 +387,7 @@ STORE_TYPE = StoreType(
     # The SDK honours it too; captured so the store sees it without reading the environment.
     secret_env=lambda cfg: {"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
     adhoc=_adhoc,
+    adhoc_secret_env={"storage_emulator_host": "STORAGE_EMULATOR_HOST"},
 )
 
 __all__ = ["STORE_TYPE", "GCSStore", "GCSStoreConfig", "from_config"]

@@ -102,6 +102,9 @@ class StoreType:
     secret_env: Callable[[Any], Mapping[str, str]] = field(default=_no_secrets)
     #: the config of a container no store declares (None: such URLs are refused)
     adhoc: Callable[[ParsedURL], StoreConfigBase] | None = None
+    #: secret name -> environment variable, for such undeclared containers: the SDK's own
+    #: default variables (Azure's ``AZURE_STORAGE_CONNECTION_STRING``), captured at start
+    adhoc_secret_env: Mapping[str, str] = field(default_factory=dict)
     #: ``key_of(config, url)``: the store's key for a URL it owns (default: the URL's key)
     key_of: Callable[[Any, ParsedURL], str] = field(default=_whole_key)
     #: the SDK's loggers, quietened to WARNING (they log every request, URLs included)

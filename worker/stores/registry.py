@@ -79,6 +79,11 @@ def key_of(cfg: StoreConfigBase, url: ParsedURL) -> str:
     return by_name(cfg.type).key_of(cfg, url)
 
 
+def adhoc_secret_env() -> dict[str, Mapping[str, str]]:
+    """Type name -> (secret name -> environment variable) for undeclared containers."""
+    return {t.name: t.adhoc_secret_env for t in STORE_TYPES if t.adhoc_secret_env}
+
+
 def adhoc_config(url: ParsedURL) -> StoreConfigBase:
     """A config for a container no store declares: the SDK's default endpoint and credentials."""
     kind = by_scheme(url.scheme)

@@ -69,7 +69,8 @@ class Sources:
                     self._stores[label] = LocalStore(label, path.parent)
                 return self._stores[label], path.name
         label = f"{url.scheme}://{'/'.join(url.location)}"
-        return self._build(label, adhoc_config(url), StoreSecrets()), url.key
+        cfg = adhoc_config(url)
+        return self._build(label, cfg, self.settings.adhoc_store_secrets(cfg.type)), url.key
 
     def close(self) -> None:
         if self._http is not None:

@@ -217,14 +217,18 @@ class ChunkedDownload:
             raise IntegrityError(f"{self.label}: the part file is shorter than its record says")
 
     # ------------------------------------------------------------------ ordering thread
-    def run(self, sink_factory: type[HashWriteSink] = HashWriteSink) -> HashWriteSink:
-        """Fetch, hash and write every chunk; returns the finished sink (call ``finish``)."""
+    def run(
+        self, sink_factory: type[HashWriteSink] = HashWriteSink, *, crc32c: bool = False
+    ) -> HashWriteSink:
+        """Fetch, hash and write every chunk; returns the finished sink (call ``finish``).
+        ``crc32c``: the sink computes that checksum too (:attr:`Digests.crc32c`)."""
         sink = sink_factory(
             self.fd,
             threads=True,
             free=lambda piece: self.pool.release(piece.buffer),
             written=self._written,
             direct_fd=self.direct_fd,
+            crc32c=crc32c,
         )
         threads = [
             threading.Thread(

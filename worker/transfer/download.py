@@ -109,6 +109,11 @@ def source_id(source: ObjectSource, key: str) -> str:
     return f"{source.name}|{source.uri(key)}"
 
 
+def needs_crc32c(info: ObjectInfo) -> bool:
+    """The server states a crc32c but no md5 (a GCS composite object): the crc32c is checked."""
+    return not info.md5 and info.crc32c is not None
+
+
 def verify(info: ObjectInfo, digests: Digests, label: str) -> None:
     """Compare what arrived with what the server promised; raise IntegrityError on a mismatch."""
     if info.size >= 0 and digests.size != info.size:
@@ -118,6 +123,11 @@ def verify(info: ObjectInfo, digests: Digests, label: str) -> None:
     if info.md5 and info.md5 != digests.md5:
         raise IntegrityError(
             f"{label}: md5 {digests.md5} differs from the server's checksum {info.md5}"
+        )
+    if needs_crc32c(info) and digests.crc32c is not None and digests.crc32c != info.crc32c:
+        raise IntegrityError(
+            f"{label}: crc32c {digests.crc32c:08x} differs from the server's checksum "
+            f"{info.crc32c:08x}"
         )
 
 
@@ -221,7 +231,7 @@ class _Job:
             elif 0 <= info.size <= SMALL_MAX:
                 drop_leftovers(self.dest)
                 body, first = self._small(info, first, meter), None
-                digests = digest_bytes(body)
+                digests = digest_bytes(body, crc32c=needs_crc32c(info))
             else:
                 drop_leftovers(self.dest)
                 digests, first = self._stream(info, first, meter), None
@@ -289,7 +299,9 @@ class _Job:
         self, fd: int, info: ObjectInfo, first: StreamContext | None, meter: ProgressMeter
     ) -> Digests:
         pool = BufferPool(4, _STREAM_PIECE)
-        sink = HashWriteSink(fd, threads=True, free=lambda p: pool.release(p.buffer))
+        sink = HashWriteSink(
+            fd, threads=True, free=lambda p: pool.release(p.buffer), crc32c=needs_crc32c(info)
+        )
         ctx = first or self.source.read(self.key, pin=info)
         offset = 0
         index = 0
@@ -362,7 +374,7 @@ class _Job:
                 written=written,
                 direct_fd=direct_fd,
             )
-            digests = job.run().finish()
+            digests = job.run(crc32c=needs_crc32c(info)).finish()
         finally:
             os.close(fd)
             if direct_fd is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import DiskFullError
-from worker.hashing import Digests
+from worker.hashing import Crc32c, Digests
 from worker.observability.context import in_current_context
 from worker.transfer.buffers import BufferPool
 
@@ -85,6 +85,7 @@ class HashWriteSink:
         free: Callable[[Piece], None] | None = None,
         written: Callable[[Piece], None] | None = None,
         direct_fd: int | None = None,
+        crc32c: bool = False,
     ) -> None:
         self._fd = fd
         self._direct = direct_fd
@@ -93,6 +94,8 @@ class HashWriteSink:
         self._md5 = hashlib.md5()  # noqa: S324 (a content checksum, not security)
         self._sha1 = hashlib.sha1()  # noqa: S324
         self._sha256 = hashlib.sha256()
+        #: only to check a server's crc32c where it states no md5 (Digests.crc32c)
+        self._crc = Crc32c() if crc32c else None
         self.size = 0
         self.error: BaseException | None = None
         self._lock = threading.Lock()
@@ -121,6 +124,8 @@ class HashWriteSink:
     def _do_sha(self, piece: Piece) -> None:
         self._sha1.update(piece.data)
         self._sha256.update(piece.data)
+        if self._crc is not None:
+            self._crc.update(piece.data)
 
     def _do_write(self, piece: Piece) -> None:
         if piece.write:
@@ -184,7 +189,11 @@ class HashWriteSink:
         if self.error is not None:
             raise self.error
         return Digests(
-            self._md5.hexdigest(), self._sha1.hexdigest(), self._sha256.hexdigest(), self.size
+            self._md5.hexdigest(),
+            self._sha1.hexdigest(),
+            self._sha256.hexdigest(),
+            self.size,
+            self._crc.value if self._crc is not None else None,
         )
 
     def close(self) -> None:

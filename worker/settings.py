@@ -294,6 +294,10 @@ def _capture_adhoc_secrets(environ: Mapping[str, str]) -> dict[str, StoreSecrets
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
+#: fields filled from the environment at start, never given as settings
+CAPTURED = ("secrets", "adhoc_secrets")
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> Settings:
@@ -310,6 +314,12 @@ def load_settings(
     overrides = _env_overrides(env)
     overrides.pop("web_token", None)
     data = _merge(data, overrides)
+    for key in CAPTURED:
+        if key in data:
+            raise ConfigError(
+                f"{key}: not a setting; credentials come from each store's environment "
+                "variables and SDK chain (docs/stores.md)"
+            )
     if env.get(WEB_TOKEN_ENV):
         data["web_token"] = env[WEB_TOKEN_ENV]
     try:

@@ -20,6 +20,7 @@ from tests.support.httpserver import serve
 from tests.support.servers import RedisServer
 from tests.support.worker import start_worker, worker_env
 from worker.cli import EXIT_FAILED, main
+from worker.settings import load_settings
 from worker.sizes import format_size
 
 SEED_LINE = re.compile(
@@ -161,6 +162,32 @@ def test_config_flag_and_json_output_hide_secrets(
     assert view["stores"]["default"]["type"] == "local"
     assert view["projects"] == {"p1": {"store": "blobs"}}
     assert "s3cr3t" not in out
+
+
+def test_config_prints_a_valid_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`haul config` prints TOML that reads back as the same settings (unset keys are
+    comments: TOML has no null), without the credentials."""
+    config = tmp_path / "haul.toml"
+    config.write_text(
+        'events_maxlen = 5000\n[stores.blobs]\ntype = "azure"\ncontainer = "models"\n'
+        'connection_string_env = "MY_AZ_CONN"\n[projects.p1]\nstore = "blobs"\n'
+    )
+    monkeypatch.setenv("HAUL_CONFIG", "unused")  # main() sets it; restored after the test
+    monkeypatch.setenv("MY_AZ_CONN", "AccountName=a;AccountKey=s3cr3t-value")
+    assert main(["--config", str(config), "config"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out
+    assert "# broker_url is not set" in out
+    printed = tmp_path / "printed.toml"
+    printed.write_text(out)
+    again = load_settings({"HAUL_CONFIG": str(printed)})
+    assert again.events_maxlen == 5000
+    assert (
+        again.stores["blobs"].model_dump()
+        == load_settings({"HAUL_CONFIG": str(config)}).stores["blobs"].model_dump()
+    )
 
 
 # ------------------------------------------------------------------------------------ submit

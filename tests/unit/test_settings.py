@@ -97,6 +97,17 @@ def test_a_store_without_a_known_type_says_which_types_there_are(
     assert "discriminator" not in str(info.value)
 
 
+@pytest.mark.parametrize("key", ["secrets", "adhoc_secrets"])
+def test_captured_credentials_are_not_settings(key: str, tmp_path: Path) -> None:
+    """What haul captures from the environment at start cannot be given as a setting."""
+    with pytest.raises(ConfigError, match=f"{key}: not a setting"):
+        load_settings({f"HAUL_{key.upper()}__S3__VALUES__X": "y"})
+    toml = tmp_path / "haul.toml"
+    toml.write_text(f"[{key}.s3]\n")
+    with pytest.raises(ConfigError, match=f"{key}: not a setting"):
+        load_settings({"HAUL_CONFIG": str(toml)})
+
+
 def test_missing_and_broken_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_settings({"HAUL_CONFIG": str(tmp_path / "nope.toml")})

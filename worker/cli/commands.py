@@ -219,14 +219,20 @@ def register_config(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 def settings_view(settings: Settings) -> dict[str, Any]:
     """The settings as JSON, with every store (the embedded default too), without secrets."""
+    from worker.settings import CAPTURED
     from worker.urls import redact_url
 
-    view = settings.model_dump(mode="json", exclude={"secrets", "stores"})
+    view = settings.model_dump(mode="json", exclude={*CAPTURED, "stores"})
     view["redis_url"] = redact_url(settings.redis_url)
     view["stores"] = {
         name: cfg.model_dump(mode="json") for name, cfg in sorted(settings.all_stores().items())
     }
     return view
+
+
+def _toml_line(key: str, value: Any) -> str:
+    # TOML has no null: an unset key is shown as a comment, so the output stays a valid file.
+    return f"# {key} is not set" if value is None else f"{key} = {json.dumps(value)}"
 
 
 def run_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -239,12 +245,12 @@ def run_config(args: argparse.Namespace, settings: Settings) -> int:
     stores = view.pop("stores")
     projects = view.pop("projects")
     for key in sorted(view):
-        print(f"{key} = {json.dumps(view[key])}")
+        print(_toml_line(key, view[key]))
     for name, cfg in stores.items():
         note = "  # the embedded default" if name not in settings.stores else ""
         print(f"\n[stores.{name}]{note}")
         for key, value in cfg.items():
-            print(f"{key} = {json.dumps(value)}")
+            print(_toml_line(key, value))
     for name, cfg in sorted(projects.items()):
         print(f"\n[projects.{name}]\nstore = {json.dumps(cfg['store'])}")
     print(f"\n# executions: {settings.executions_dir}")

@@ -73,3 +73,25 @@ def test_another_accounts_container_does_not_get_the_connection_string(
         assert source._service.url.startswith("https://otheraccount.blob.core.windows.net")
     finally:
         sources.close()
+
+
+def test_a_connection_string_naming_no_account_is_not_used_for_an_account(
+    tmp_path: Path,
+) -> None:
+    """A SAS connection string names an endpoint, not an account: for a URL of account
+    ``acct`` it is not used (its endpoint could be any account's, whose container of the
+    same name holds other data)."""
+    pytest.importorskip("azure.identity")
+    env = {
+        "HAUL_DATA_DIR": str(tmp_path),
+        "AZURE_STORAGE_CONNECTION_STRING": (
+            "BlobEndpoint=https://elsewhere.example/;SharedAccessSignature=sv=2024&sig=c2VjcmV0"
+        ),
+    }
+    sources = Sources(load_settings(environ=env))
+    try:
+        source, _ = sources.for_url(parse_input_url("azure://acct/box/blob.bin"))
+        assert isinstance(source, AzureStore)  # built only; no request is made
+        assert source._service.url.startswith("https://acct.blob.core.windows.net")
+    finally:
+        sources.close()

@@ -372,15 +372,12 @@ def from_config(
     """The connection string from ``secrets`` (captured from ``connection_string_env``), else
     ``account_url`` with Azure's default credential chain.
 
-    A connection string is an account's: where ``account_url`` names another account (an
-    undeclared container elsewhere, read with the default variable's string at hand), the
-    string is not used for it."""
+    A connection string is an account's: where ``account_url`` names an account the string
+    does not name (an undeclared container elsewhere, read with the default variable's string
+    at hand; a SAS string without ``AccountName``, whose endpoint could be any account's), the
+    string is not used for it: the same container name elsewhere is other data."""
     conn = secrets.get("connection_string")
-    if (
-        conn
-        and cfg.account_url
-        and _conn_account(conn) not in (None, _url_account(cfg.account_url))
-    ):
+    if conn and cfg.account_url and _conn_account(conn) != _url_account(cfg.account_url):
         conn = None
     return AzureStore(
         name,

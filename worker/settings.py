@@ -298,11 +298,17 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PR
 CAPTURED = ("secrets", "adhoc_secrets")
 
 
+def read_environment() -> dict[str, str]:
+    """The process's environment, read once by an entry point (``haul``'s, Celery's app):
+    what the settings are loaded from and what the processes it starts inherit."""
+    return dict(os.environ)
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> Settings:
     """Build the one settings object; raise :class:`ConfigError` naming the bad key."""
-    env = os.environ if environ is None else environ
+    env = read_environment() if environ is None else environ
     data: dict[str, Any] = {}
     path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
     if path is not None:

@@ -174,7 +174,7 @@ def test_config_prints_a_valid_settings_file(
         'events_maxlen = 5000\n[stores.blobs]\ntype = "azure"\ncontainer = "models"\n'
         'connection_string_env = "MY_AZ_CONN"\n[projects.p1]\nstore = "blobs"\n'
     )
-    monkeypatch.setenv("HAUL_CONFIG", "unused")  # main() sets it; restored after the test
+    monkeypatch.setenv("HAUL_CONFIG", "unused")  # --config wins
     monkeypatch.setenv("MY_AZ_CONN", "AccountName=a;AccountKey=s3cr3t-value")
     assert main(["--config", str(config), "config"]) == 0
     out = capsys.readouterr().out
@@ -410,3 +410,16 @@ def test_a_dead_redis_is_one_clear_line(
     err = capsys.readouterr().err
     assert f"cannot use Redis at redis://127.0.0.1:{port}/0" in err
     assert "Traceback" not in err and "secret-pw" not in err
+
+
+def test_the_entry_point_reads_the_environment_once_and_leaves_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--config FILE` goes into the environment handed to the subcommand (and the processes
+    it starts), not into this process's own environment."""
+    config = tmp_path / "haul.toml"
+    config.write_text("events_maxlen = 4321\n")
+    monkeypatch.delenv("HAUL_CONFIG", raising=False)
+    assert main(["--config", str(config), "config"]) == 0
+    assert "events_maxlen = 4321" in capsys.readouterr().out
+    assert "HAUL_CONFIG" not in os.environ

@@ -21,7 +21,7 @@ from celery import Celery
 
 from tasks import transport
 from tests.support.servers import redis_server
-from tests.support.worker import start_worker
+from tests.support.worker import WorkerProcess, start_worker
 from worker.constants import EV_INPUTS_READY, KEY_LEASE, QUEUE_INPUTS, TASK_PREPARE_INPUTS
 
 pytestmark = pytest.mark.integration
@@ -36,6 +36,15 @@ def _wait(check: object, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+def _until_logged(w: WorkerProcess, text: str, before: int, what: str) -> None:
+    """Until the worker's log holds ``text`` more than ``before`` times (or it exited)."""
+    _wait(
+        lambda: w.proc.poll() is not None or w.log_path.read_text().count(text) > before,
+        60,
+        f"the worker: {what}",
+    )
 
 
 def test_the_guard_wraps_kombus_connparams_once() -> None:
@@ -76,23 +85,9 @@ def test_worker_survives_redis_outages_while_it_holds_a_message(tmp_path: Path) 
                 lost = w.log_path.read_text().count("Connection to broker lost")
                 srv.stop()
                 # Redis stays down until the worker has seen it go (Celery's consumer says so).
-                _wait(
-                    lambda c=lost: (
-                        w.proc.poll() is not None
-                        or w.log_path.read_text().count("Connection to broker lost") > c
-                    ),
-                    60,
-                    f"the worker sees outage {n + 1}",
-                )
+                _until_logged(w, "Connection to broker lost", lost, f"outage {n + 1} seen")
                 srv.start()
-                _wait(
-                    lambda c=connected: (
-                        w.proc.poll() is not None
-                        or w.log_path.read_text().count("Connected to") > c
-                    ),
-                    60,
-                    f"the worker reconnects after outage {n + 1}",
-                )
+                _until_logged(w, "Connected to", connected, f"reconnected after outage {n + 1}")
                 log = w.log_path.read_text()
                 assert w.proc.poll() is None, log[-4000:]
                 assert "Unrecoverable error" not in log, log[-4000:]

@@ -72,7 +72,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         watch_env = {**args.environ, "HAUL_METRICS_BIND": ""}
         return run_together(
             [
-                (celery_worker(others, main), None),
+                (celery_worker(others, main), args.environ),
                 (celery_worker(QUEUE_WATCH, [*watch, "--hostname", f"watch-{name}"]), watch_env),
             ]
         )
@@ -82,7 +82,8 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # SIGTERM handling (soft shutdown, then requeue) is set up by the app itself: tasks/app.py.
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, argv)  # noqa: S606 (replaces this process; signals go to Celery)
+    # replaces this process (signals go to Celery), with the environment the entry point read
+    os.execve(sys.executable, argv, args.environ)  # noqa: S606
     return EXIT_FAILED  # pragma: no cover
 
 

@@ -347,7 +347,11 @@ class Demo:
         ]  # fmt: skip
         s.say(f"No Redis answers at {shown}; starting {binary} on 127.0.0.1:{port}.")
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            cmd,
+            env=self.environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.stack.callback(self._stop, proc, "redis-server")
         self.redis_url = f"redis://127.0.0.1:{port}/0"

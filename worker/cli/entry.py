@@ -58,14 +58,15 @@ def _main(args: argparse.Namespace) -> int:
     if check is not None:
         check(args)
 
-    from worker.settings import CONFIG_ENV, load_settings
+    from worker.settings import CONFIG_ENV, load_settings, read_environment
 
+    environ = read_environment()
     if args.config:
         # Also what `haul worker` and the demo's worker read: they are other processes.
-        os.environ[CONFIG_ENV] = args.config
-    args.environ = dict(os.environ)
+        environ[CONFIG_ENV] = args.config
+    args.environ = environ
     try:
-        settings = load_settings()
+        settings = load_settings(environ)
     except ConfigError as exc:
         print(f"haul: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

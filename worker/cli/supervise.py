@@ -20,7 +20,7 @@ from types import FrameType
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
-def run_together(commands: list[tuple[list[str], dict[str, str] | None]]) -> int:
+def run_together(commands: list[tuple[list[str], dict[str, str]]]) -> int:
     """Run every (argv, environment) at once; the first non-zero exit code (or 0)."""
     procs = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
 

@@ -16,6 +16,7 @@ meets another's deleted inodes. Only 127.0.0.1 is used.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import shutil
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import data, machine, measure, nginx
-from bench.run import base_env
+from bench.run import base_env, compile_haul
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -353,15 +354,14 @@ def measure_rtt(
             for i, row in [*enumerate(rows)][shift:] + [*enumerate(rows)][:shift]:
                 if row.status != "ok":
                     continue
-                run = work / f"run-{rtt_ms:g}-{i}-{rnd}"
-                run.mkdir()
                 tag = f"{rtt_ms:g}-{row.tool.key}-{rnd}"
-                try:
-                    sample, status, inner = once(
-                        row.tool, ctx, run, env, args, [nginx_pid, proxy_pid], tag
-                    )
-                finally:
-                    shutil.rmtree(run, ignore_errors=True)
+                attempt = functools.partial(
+                    _one_run, row.tool, ctx, work / f"run-{rtt_ms:g}-{i}-{rnd}", env, args,
+                    [nginx_pid, proxy_pid], tag,
+                )  # fmt: skip
+                sample, status, inner = quietest(
+                    attempt, max_noise=args.max_noise, retries=args.noisy_retries
+                )
                 if sample is None:
                     row.status = status
                     print(f"  {rtt_ms:g} ms {row.tool.label}: {status}", flush=True)
@@ -377,6 +377,49 @@ def measure_rtt(
                 )
 
 
+_Outcome = tuple[measure.Sample | None, str, float | None]
+
+
+def _one_run(
+    tool: Tool,
+    ctx: Ctx,
+    folder: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    servers: list[int],
+    tag: str,
+    attempt: int,
+) -> _Outcome:
+    run = folder.with_name(f"{folder.name}-{attempt}")
+    run.mkdir()
+    try:
+        return once(tool, ctx, run, env, args, servers, f"{tag}-{attempt}")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def quietest(run: Callable[[int], _Outcome], *, max_noise: float, retries: int) -> _Outcome:
+    """Run once; while other work (another VM's, seen as steal) kept more than ``max_noise``
+    cores busy during the run, run again, at most ``retries`` more times. The quietest run
+    counts; a failed run is reported at once.
+
+    This VM shares its host: in one session, steal took a third of both cores for minutes at a
+    time, and a run then measured the neighbour, not the tool. Every tool is treated alike.
+    """
+    best: _Outcome | None = None
+    for attempt in range(retries + 1):
+        got = run(attempt)
+        sample = got[0]
+        if sample is None:
+            return got
+        if best is None or best[0] is None or sample.noise < best[0].noise:
+            best = got
+        if sample.noise <= max_noise:
+            break
+    assert best is not None
+    return best
+
+
 # ---------------------------------------------------------------------------- the report
 
 
@@ -384,8 +427,18 @@ def _files_s(row: Row | None, count: int) -> float | None:
     return count / row.wall_s if row is not None and row.ok else None
 
 
+def startup_s(row: Row | None) -> float | None:
+    """haul's own start-up in a row: its wall time less run_fetch() (median of the rounds)."""
+    if row is None or not row.ok or len(row.inner_s) != len(row.samples):
+        return None
+    return statistics.median(s.wall_s - i for s, i in zip(row.samples, row.inner_s, strict=True))
+
+
 def report(results: dict[float, list[Row]], args: argparse.Namespace, started: float) -> str:
     count = data.SMALL_COUNT
+    colds = [r for rows in results.values() for r in rows if r.tool.key == "haul-cold"]
+    starts = [s for s in (startup_s(r) for r in colds) if s is not None]
+    start_note = f"{statistics.median(starts):.2f} s in this run" if starts else "not measured"
     lines = [
         "# haul at a network's round-trip time",
         "",
@@ -394,13 +447,16 @@ def report(results: dict[float, list[Row]], args: argparse.Namespace, started: f
         f"from nginx through bench/delayproxy.py · median of {args.runs} rounds · bench took "
         f"{time.monotonic() - started:.0f} s",
         "",
-        "files/s is from each command's wall time (haul's includes its interpreter start-up, "
-        "~0.2 s; `in-process` is run_fetch() alone). `of limit` is files/s over the "
+        "files/s is from each command's wall time (haul's includes its interpreter start-up: "
+        f"{start_note}, with haul's bytecode compiled first as an install leaves it; "
+        "`in-process` is run_fetch() alone, the transfer engine as a worker runs it). "
+        "`of limit` is files/s over the "
         f"connections' limit ({PARALLEL} connections / RTT). `÷ haul cold` is haul cold's "
         "wall time over the row's: below 1, the row is slower than haul cold. CPU s is "
         "user+sys of the tool's process tree (nginx and the proxy excluded); peak RSS the "
         "largest process of it (highest run); noise the cores other work on this shared "
-        "machine kept busy during the run.",
+        "machine kept busy during the run. In the goals, `rounds` is the lowest and highest "
+        "ratio of the rounds (round r of one row against round r of the other).",
         "",
     ]
     for rtt_ms, rows in results.items():
@@ -425,38 +481,76 @@ def report(results: dict[float, list[Row]], args: argparse.Namespace, started: f
                 f"| {row.tool.label} | {fs:,.0f} | {row.wall_s:.2f} | {inner} | {row.cpu_s:.2f} "
                 f"| {row.rss_mib:.0f} | {fs / limit:.2f} | {ratio} | {row.noise:.2f} |"
             )
-        lines += ["", *goals(by_key, count, limit), ""]
+        lines += ["", *goals(by_key, limit), ""]
     return "\n".join(lines) + "\n"
 
 
-def goals(by_key: dict[str, Row], count: int, limit: float) -> list[str]:
-    def rate(key: str) -> float | None:
-        return _files_s(by_key.get(key), count)
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    floor: float
+    #: the compared rows' keys (the second None: against the connections' limit)
+    mine: str
+    theirs: str | None
+    #: the first row's run_fetch() seconds instead of its wall time
+    in_process: bool = False
 
-    cold, off, warm, curl = rate("haul-cold"), rate("haul-off"), rate("haul-warm"), rate("curl")
-    checks: list[tuple[str, str, float | None, float]] = [
-        ("warm ÷ cold", ">= 1.0", warm / cold if warm and cold else None, 1.0),
-        ("cold ÷ cache off", ">= 0.9", cold / off if cold and off else None, 0.9),
-        ("cold ÷ curl -Z at 16", ">= 1.0", cold / curl if cold and curl else None, 1.0),
-        ("cold ÷ connections' limit", ">= 0.8", cold / limit if cold else None, 0.8),
+
+def _seconds(row: Row, in_process: bool) -> list[float]:
+    return list(row.inner_s) if in_process else [s.wall_s for s in row.samples]
+
+
+def _ratios(goal: Goal, by_key: dict[str, Row], limit: float) -> list[float] | None:
+    """The goal's ratio per round (rates: higher is better), or None when a row is missing."""
+    mine = by_key.get(goal.mine)
+    if mine is None or not mine.ok:
+        return None
+    count = data.SMALL_COUNT
+    own = _seconds(mine, goal.in_process)
+    if not own:
+        return None
+    if goal.theirs is None:
+        return [count / s / limit for s in own]
+    other = by_key.get(goal.theirs)
+    if other is None or not other.ok:
+        return None
+    theirs = _seconds(other, False)
+    return [t / s for s, t in zip(own, theirs, strict=False)]
+
+
+def _ratio_of_medians(goal: Goal, by_key: dict[str, Row], limit: float) -> float:
+    """The goal's ratio of the rows' medians (the tables' own figures)."""
+    mine = by_key[goal.mine]
+    own = statistics.median(_seconds(mine, goal.in_process))
+    if goal.theirs is None:
+        return data.SMALL_COUNT / own / limit
+    return by_key[goal.theirs].wall_s / own
+
+
+def goals(by_key: dict[str, Row], limit: float) -> list[str]:
+    wanted = [
+        Goal("warm ÷ cold", 1.0, "haul-warm", "haul-cold"),
+        Goal("cold ÷ cache off", 0.9, "haul-cold", "haul-off"),
+        Goal("cold ÷ curl -Z at 16", 1.0, "haul-cold", "curl"),
+        Goal("cold ÷ connections' limit", 0.8, "haul-cold", None),
+        Goal("engine alone: cold in-process ÷ curl -Z at 16", 1.0, "haul-cold", "curl", True),
+        Goal("engine alone: cold in-process ÷ connections' limit", 0.8, "haul-cold", None, True),
     ]
-    mine = rate("haul-default")
-    peers = [k for k in ("curl-default", "aria2c-default", "rclone-default") if rate(k)]
-    if mine and peers:
-        best = max(peers, key=lambda k: rate(k) or 0.0)
-        checks.append(
-            (
-                f"haul default ÷ best peer default ({best})",
-                ">= 1.0",
-                mine / (rate(best) or 1.0),
-                1.0,
-            )
-        )
-    out = ["| goal (issue 11) | wanted | measured | met |", "|---|---|--:|---|"]
-    for name, wanted, got, floor in checks:
-        shown = f"{got:.2f}" if got is not None else "n/a"
-        met = "n/a" if got is None else ("yes" if got >= floor else "**no**")
-        out.append(f"| {name} | {wanted} | {shown} | {met} |")
+    peers = [k for k in ("curl-default", "aria2c-default", "rclone-default") if by_key.get(k)]
+    peers = [k for k in peers if by_key[k].ok]
+    if peers:
+        best = min(peers, key=lambda k: by_key[k].wall_s)
+        wanted.append(Goal(f"haul default ÷ best peer default ({best})", 1.0, "haul-default", best))
+    out = ["| goal (issue 11) | wanted | measured | rounds | met |", "|---|---|--:|--:|---|"]
+    for goal in wanted:
+        ratios = _ratios(goal, by_key, limit)
+        if not ratios:
+            out.append(f"| {goal.name} | >= {goal.floor:.1f} | n/a | | n/a |")
+            continue
+        got = _ratio_of_medians(goal, by_key, limit)
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        met = "yes" if got >= goal.floor else "**no**"
+        out.append(f"| {goal.name} | >= {goal.floor:.1f} | {got:.2f} | {spread} | {met} |")
     return out
 
 
@@ -473,6 +567,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--timeout-s", type=float, default=180.0, help="limit for one run")
     p.add_argument("--settle-s", type=float, default=3.0, help="wait for a quiet machine")
+    p.add_argument(
+        "--max-noise",
+        type=float,
+        default=0.25,
+        help="a run during which other work kept more cores busy is run again",
+    )
+    p.add_argument("--noisy-retries", type=int, default=2, help="how many times, at most")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -484,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {k for k in args.tools.split(",") if k}
     chosen = [t for t in tools() if not wanted or t.key in wanted]
     chosen += sweep_tools([int(n) for n in args.sweep.split(",") if n])
+    compile_haul()
     env = base_env()
     work = Path(tempfile.mkdtemp(prefix="haul-bench-rtt-"))
     (work / "logs").mkdir()

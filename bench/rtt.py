@@ -423,10 +423,6 @@ def quietest(run: Callable[[int], _Outcome], *, max_noise: float, retries: int) 
 # ---------------------------------------------------------------------------- the report
 
 
-def _files_s(row: Row | None, count: int) -> float | None:
-    return count / row.wall_s if row is not None and row.ok else None
-
-
 def startup_s(row: Row | None) -> float | None:
     """haul's own start-up in a row: its wall time less run_fetch() (median of the rounds)."""
     if row is None or not row.ok or len(row.inner_s) != len(row.samples):

@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	    >$(VENV)/pip-install.log 2>&1 || { cat $(VENV)/pip-install.log; exit 1; }
 	@# An editable install leaves haul's own modules uncompiled, and where PYTHONDONTWRITEBYTECODE
 	@# is set Python never writes them: each command would compile them again (0.1 s here).
-	@$(BIN)/python -m compileall -q worker tasks dashboard >/dev/null
+	@$(BIN)/python -m compileall -q worker tasks dashboard
 	@touch $@
 
 # The demo uses the Redis on 127.0.0.1:6379 when one answers; otherwise it starts its own

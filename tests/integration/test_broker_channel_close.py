@@ -29,13 +29,14 @@ pytestmark = pytest.mark.integration
 OUTAGES = 2
 
 
-def _wait(check: object, timeout_s: float, what: str) -> None:
+def _wait(check: object, timeout_s: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
             return
         time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+    tail = f"\n--- the worker's log, last lines ---\n{log.read_text()[-4000:]}" if log else ""
+    raise AssertionError(f"not within {timeout_s:g} s: {what}{tail}")
 
 
 def _until_logged(w: WorkerProcess, text: str, before: int, what: str) -> None:
@@ -44,6 +45,7 @@ def _until_logged(w: WorkerProcess, text: str, before: int, what: str) -> None:
         lambda: w.proc.poll() is not None or w.log_path.read_text().count(text) > before,
         60,
         f"the worker: {what}",
+        w.log_path,
     )
 
 

@@ -23,7 +23,12 @@ def s3_lake(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Lake]:
     bucket = open_bucket("s3", request)
-    project = {f"HAUL_PROJECTS__{PROJECT.upper()}__STORE": "lake"}
+    project = {
+        f"HAUL_PROJECTS__{PROJECT.upper()}__STORE": "lake",
+        # The watch's last round may still run when the module ends; stopping the worker then
+        # waited out the whole grace (25 s) for it.
+        "HAUL_SHUTDOWN_GRACE_S": "1",
+    }
     try:
         with running_lake(
             redis_srv, tmp_path_factory.mktemp("live-s3"), {"lake": bucket}, project

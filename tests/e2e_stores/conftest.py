@@ -197,13 +197,7 @@ class S3Bucket(Bucket):
         }
 
     def credentials_env(self) -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": self.srv.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.srv.secret_access_key,
-            "AWS_DEFAULT_REGION": self.srv.region,
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-            "AWS_CONFIG_FILE": "/nonexistent",
-        }
+        return self.srv.credentials_env()
 
 
 class AzureBucket(Bucket):

@@ -173,7 +173,12 @@ def test_a_worker_that_loses_its_lease_stops_quietly(
         client.set(f"haul:lease:haul.prepare_inputs:{eid}", "someone-else", px=60_000)
         _wait(lambda: result.state == "FAILURE", 30, f"never stopped:\n{haul.log_tail()}")
         sent = www.bytes_sent
-        assert "lease_lost" in haul.log_tail() or "taken over" in haul.log_tail()
+        # The task's FAILURE is stored before its failure line reaches the log: wait for it.
+        _wait(
+            lambda: "lease_lost" in haul.log_tail() or "taken over" in haul.log_tail(),
+            10,
+            f"the failure was not logged as a lost lease:\n{haul.log_tail()}",
+        )
         assert not haul.events(eid, "haul.inputs.failed")
         assert not haul.events(eid, "haul.inputs.ready")
         folder = data_dir / "executions" / eid / "inputs" / "x"

@@ -321,11 +321,7 @@ def test_an_undeclared_bucket_counts_under_its_store_type(
     env = {
         **ENV,
         "AWS_ENDPOINT_URL": s3_srv.endpoint_url,
-        "AWS_ACCESS_KEY_ID": s3_srv.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": s3_srv.secret_access_key,
-        "AWS_DEFAULT_REGION": s3_srv.region,
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "AWS_CONFIG_FILE": "/nonexistent",
+        **s3_srv.credentials_env(),
     }
     with broker_for("redis", redis_srv, 11), start_worker(url, data_dir, env) as w:
         haul = Haul(url, data_dir, w)
@@ -383,10 +379,7 @@ def test_a_datum_input_counts_under_its_stores_type(
         "HAUL_STORES__LAKE__BUCKET": bucket,
         "HAUL_STORES__LAKE__ENDPOINT_URL": s3_srv.endpoint_url,
         "HAUL_STORES__LAKE__REGION": s3_srv.region,
-        "AWS_ACCESS_KEY_ID": s3_srv.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": s3_srv.secret_access_key,
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "AWS_CONFIG_FILE": "/nonexistent",
+        **s3_srv.credentials_env(),
     }
     with broker_for("redis", redis_srv, 12), start_worker(url, data_dir, env) as w:
         haul = Haul(url, data_dir, w)

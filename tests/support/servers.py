@@ -506,6 +506,17 @@ class MotoServer:
             aws_secret_access_key=self.secret_access_key,
         )
 
+    def credentials_env(self) -> dict[str, str]:
+        """The environment a worker (its SDK's default chain) reads this server's credentials
+        from; no shared file of this machine's is read instead."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+            "AWS_CONFIG_FILE": "/nonexistent",
+        }
+
     def reset(self) -> None:
         """Wipe all moto state (POST /moto-api/reset)."""
         status = _http_status(self.port, "/moto-api/reset", method="POST")

@@ -118,6 +118,36 @@ def test_pinned_read_after_replace_raises_changed(harness: Harness, make_file: M
     assert _read(store, "c.bin") == _data(5000, seed=3)
 
 
+#: stores whose server answers 404, not 412, to a pinned read of an object being overwritten:
+#: the read raises Changed so that the object starts over (swift.py and gcs.py say why)
+GONE_IS_CHANGED = {"gcs", "swift"}
+
+
+def test_an_object_removed_after_its_stat_ends_not_found(
+    harness: Harness, make_file: MakeFile, tmp_path: Path
+) -> None:
+    """A pinned read of an object removed since its stat raises NotFound or Changed (always
+    Changed where a 404 can be an overwrite landing); either way a download of it
+    ends in NotFound (after one fresh stat) and leaves no file behind."""
+    from worker.transfer.config import TransferConfig
+    from worker.transfer.download import download
+
+    store = harness.store
+    _create(store, "gone.bin", _data(300_000, seed=5), make_file)
+    pin = store.stat("gone.bin")
+    assert store.delete("gone.bin")
+    # Elsewhere the answer is the server's: 404 (S3), or 412 for a failed If-Match (Azurite)
+    want = Changed if harness.kind in GONE_IS_CHANGED else (Changed, NotFound)
+    with pytest.raises(want):
+        _read(store, "gone.bin", start=10, length=100, pin=pin)
+    cfg = TransferConfig(chunk_size_bytes=64 * 1024, concurrency=2, max_attempts=3,
+                         multipart_threshold_bytes=128 * 1024, backoff_base_s=0.001)  # fmt: skip
+    dest = tmp_path / "out" / "gone.bin"
+    with pytest.raises(NotFound):
+        download(store, "gone.bin", dest, cfg, info=pin)
+    assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
+
+
 def test_create_new_key(harness: Harness, make_file: MakeFile) -> None:
     """create stores exactly the file's bytes under a new key."""
     data = _data(70_000, seed=4)

@@ -10,7 +10,11 @@
   storage URL are shared by all Connections of the store.
 - ``stat`` is HEAD; ``md5`` is the ETag of a plain object, none for SLO/DLO manifests (their ETag
   hashes the segment ETags), with the reason in ``checksum_note``.
-- Reads send ``Range`` and ``If-Match: <etag>``; 412 is :class:`~worker.errors.Changed`.
+- Reads send ``Range`` and ``If-Match: <etag>``; 412 is :class:`~worker.errors.Changed`, and
+  so is a 404 under that read: an object server lists the object's directory and then opens
+  the newest data file, and an overwrite landing between the two unlinks it (a one-node Swift
+  answers 404; a real cluster can too, when every replica it asks is in that moment). The
+  engine starts the object over from a fresh stat, which says ``not found`` when it is gone.
 - ``create`` sends ``If-None-Match: *`` (412: :class:`~worker.errors.AlreadyExists`) and the md5
   as ``ETag`` (Swift answers 422 on a mismatch). Large files go up as SLO segments, in parallel,
   into ``<container>_segments``; the manifest PUT carries ``If-None-Match: *``. Swift's check is
@@ -45,6 +49,7 @@ from pydantic import Field
 
 from worker.errors import (
     AlreadyExists,
+    Changed,
     HaulError,
     IntegrityError,
     NotFound,
@@ -76,10 +81,16 @@ MAX_SEGMENTS = 1000  # Swift's default max_manifest_segments
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
-#: Swift answers with statuses only: 422 is a rejected ETag, 498 its rate limiting
+#: Swift answers with statuses only: 422 is a rejected ETag, 498 its rate limiting; a 404
+#: under a pinned read is an object being overwritten (see the module's docstring)
 ERRORS = ErrorTable(
     statuses={
         **HTTP_STATUSES,
+        404: Rule(
+            NotFound,
+            "not found",
+            on_read=Rule(Changed, "the object was replaced or removed while it was being read"),
+        ),
         422: Rule(IntegrityError, "the server rejected the checksum"),
         498: Rule(TransientError, "throttled"),
     }

@@ -10,7 +10,8 @@ own lifecycle points, so ``haul worker`` and ``celery -A tasks worker`` behave t
   context bound for every log line, the running gauge and ``haul_task_seconds``;
 - ``worker_process_init`` / ``worker_process_shutdown`` (pool process): the series made at
   zero / its live gauges dropped;
-- ``worker_shutdown`` (main process): the server stopped and the folder removed.
+- ``worker_shutdown`` (main process): the server stopped and the folder removed (unless it
+  was handed to the worker: ``Settings.metrics_dir_given``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class _Serving:
     server: Any
     health: Any
     metrics_dir: Path
+    #: made by this worker (removed at its shutdown), not handed to it
+    owned: bool = True
 
 
 def start_serving(settings: Settings) -> _Serving | None:
@@ -59,7 +62,8 @@ def start_serving(settings: Settings) -> _Serving | None:
     from worker.observability.health import Health, probes_for
     from worker.observability.server import MetricsServer
 
-    folder = multiproc.prepare(settings.data_dir)
+    given = settings.metrics_dir_given
+    folder = given or multiproc.prepare(settings.data_dir)
     # The one environment write in haul, here at the worker's start (celeryd_init): only the
     # environment tells prometheus_client where to write, and the pool's children must inherit
     # it, so it is set before the pool forks.
@@ -68,11 +72,12 @@ def start_serving(settings: Settings) -> _Serving | None:
     try:
         server = MetricsServer(settings.metrics_bind, folder, health)
     except ConfigError:
-        multiproc.remove(folder)
+        if given is None:
+            multiproc.remove(folder)
         raise
     health.start()
     server.start()
-    return _Serving(server, health, folder)
+    return _Serving(server, health, folder, owned=given is None)
 
 
 def outcome_of(state: str | None, retval: Any) -> metrics.Outcome | None:
@@ -127,7 +132,8 @@ class _Observer:
         if self.serving is not None:
             self.serving.server.stop()
             self.serving.health.stop()
-            multiproc.remove(self.serving.metrics_dir)
+            if self.serving.owned:
+                multiproc.remove(self.serving.metrics_dir)
             self.serving = None
 
     def child_start(self, **_: Any) -> None:

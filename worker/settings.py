@@ -40,6 +40,8 @@ __all__ = ["LocalStoreConfig", "Settings", "StoreConfig", "StoreSecrets", "load_
 ENV_PREFIX = "HAUL_"
 CONFIG_ENV = "HAUL_CONFIG"
 WEB_TOKEN_ENV = "HAUL_WEB_TOKEN"  # noqa: S105 (a variable name, not a secret)
+#: prometheus_client's own variable: where a process's metric values go (multiprocess mode)
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -139,6 +141,8 @@ class Settings(_Strict):
     _config_file: Path | None = PrivateAttr(default=None)
     #: an HTTP(S) proxy is set in the environment (the SDKs would use it)
     _proxy_in_env: bool = PrivateAttr(default=False)
+    #: PROMETHEUS_MULTIPROC_DIR given to the worker (``haul worker``'s two workers share one)
+    _metrics_dir_given: Path | None = PrivateAttr(default=None)
 
     @property
     def config_file(self) -> Path | None:
@@ -147,6 +151,13 @@ class Settings(_Strict):
     @property
     def proxy_in_env(self) -> bool:
         return self._proxy_in_env
+
+    @property
+    def metrics_dir_given(self) -> Path | None:
+        """The metrics folder prometheus_client was pointed at before haul started (by
+        ``haul worker`` for its two workers, or by the operator): written to and served as it
+        is, never emptied or removed by the worker. None: the worker makes its own."""
+        return self._metrics_dir_given
 
     @field_validator("metrics_bind")
     @classmethod
@@ -340,4 +351,16 @@ def load_settings(
     )
     loaded._config_file = path
     loaded._proxy_in_env = any(env.get(k) for k in _PROXY_VARS)
+    loaded._metrics_dir_given = _metrics_dir(env)
     return loaded
+
+
+def _metrics_dir(env: Mapping[str, str]) -> Path | None:
+    value = env.get(METRICS_DIR_ENV)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        # prometheus_client would fail at the first count, deep in a task
+        raise ConfigError(f"{METRICS_DIR_ENV}: {value} is not a directory")
+    return path

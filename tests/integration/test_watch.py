@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from celery.result import AsyncResult
@@ -69,6 +71,18 @@ def _done(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     path.chmod(0o444)
+
+
+def _sample(base_url: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the worker's /metrics (None when it is not there)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base_url + "/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
 
 
 def _round_result(haul: Haul, eid: str) -> Any:
@@ -218,7 +232,9 @@ def test_haul_worker_runs_watches_in_a_pool_of_their_own(
     redis_private: RedisServer, tmp_path: Path
 ) -> None:
     """``haul worker`` with one prefork process: a running watch does not hold up
-    store_outputs (the watch has its own threads worker), and SIGTERM stops both workers."""
+    store_outputs (the watch has its own threads worker); the one /metrics counts what both
+    workers did (a file stored live by the watch worker, the pool's store_outputs); SIGTERM
+    stops both workers and the shared metrics folder goes with them."""
     data_dir, eid = tmp_path / "data", new_id()
     out = data_dir / "executions" / eid / "outputs"
     out.mkdir(parents=True)
@@ -246,12 +262,30 @@ def test_haul_worker_runs_watches_in_a_pool_of_their_own(
         haul = Haul(redis_private.url, data_dir, None)
         haul.send("haul.watch_outputs", _msg(eid))
         _wait(lambda: haul.r.exists(f"haul:watch:active:{eid}"), 20, "the watch never started")
+        _done(out / "live.bin", b"L" * 777)
+        _wait(lambda: _stored(haul, eid, "live.bin"), 20, "live.bin never stored live")
+        found = re.search(r"metrics and health on (http://\S+)/metrics", text())
+        assert found, text()
+        base = found.group(1)
+        out_local = {"direction": "out", "store_type": "local"}
+        files, sent = ("haul_files_total", out_local), ("haul_transfer_bytes_total", out_local)
+        # the watch worker's counts, served by the main worker
+        _wait(lambda: _sample(base, *files) == 1, 10, "live.bin not counted")
+        assert _sample(base, *sent) == 777
         (out / "f.txt").write_text("x")
         state, summary = haul.run("haul.store_outputs", _msg(eid), timeout=25)
-        assert state == "SUCCESS" and summary["files"] == 1
+        assert state == "SUCCESS" and summary["files"] == 2
+        ended = {"task": "haul.watch_outputs", "outcome": "success"}
+        _wait(lambda: _sample(base, "haul_task_seconds_count", ended), 20, "no watch round")
+        assert _sample(base, *files) == 2  # live.bin was not sent again
+        assert _sample(base, *sent) == 777 + 1
+        stored = {"task": "haul.store_outputs", "outcome": "success"}
+        assert _sample(base, "haul_task_seconds_count", stored) == 1
+        assert len(list((data_dir / "run").glob("metrics-*"))) == 1  # one folder for both
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)  # Celery's cold-shutdown exit code, from whichever worker ended first
         assert text().count("Cold shutdown (MainProcess)") >= 2  # both workers stopped
+        assert list((data_dir / "run").glob("metrics-*")) == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

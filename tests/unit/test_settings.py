@@ -128,3 +128,13 @@ def test_credentials_are_captured_but_never_printed(tmp_path: Path) -> None:
     assert s.store_secrets("blob").get("connection_string") is not None
     assert "SUPERSECRET" not in repr(s)
     assert "SUPERSECRET" not in s.model_dump_json()
+
+
+def test_a_given_metrics_folder_must_be_a_folder(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR (``haul worker`` hands one to its two workers) is served as
+    it is; one that is not a folder stops the start, naming it, instead of the first count."""
+    assert load_settings({}).metrics_dir_given is None
+    given = load_settings({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert given.metrics_dir_given == tmp_path
+    with pytest.raises(ConfigError, match=r"PROMETHEUS_MULTIPROC_DIR: .*nope is not a directory"):
+        load_settings({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "nope")})

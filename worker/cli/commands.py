@@ -56,7 +56,7 @@ def register_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.supervise import celery_worker, run_together
+    from worker.cli.supervise import celery_worker, run_together, shared_metrics_dir
 
     common = ["--loglevel", args.loglevel or settings.log_level]
     main = common + (["--concurrency", str(args.concurrency)] if args.concurrency else [])
@@ -68,14 +68,18 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         others = ",".join(q for q in queues if q != QUEUE_WATCH)
         if args.hostname:
             main += ["--hostname", args.hostname]
-        # One /metrics endpoint: the main worker's (worker/cli/supervise.py says why).
-        watch_env = {**args.environ, "HAUL_METRICS_BIND": ""}
-        return run_together(
-            [
-                (celery_worker(others, main), args.environ),
-                (celery_worker(QUEUE_WATCH, [*watch, "--hostname", f"watch-{name}"]), watch_env),
-            ]
-        )
+        # One /metrics endpoint, the main worker's, serving one folder that both workers
+        # write to (worker/cli/supervise.py says why).
+        with shared_metrics_dir(settings) as metrics_env:
+            main_env = {**args.environ, **metrics_env}
+            watch_env = {**main_env, "HAUL_METRICS_BIND": ""}
+            watch += ["--hostname", f"watch-{name}"]
+            return run_together(
+                [
+                    (celery_worker(others, main), main_env),
+                    (celery_worker(QUEUE_WATCH, watch), watch_env),
+                ]
+            )
     if args.hostname:
         main += ["--hostname", args.hostname]
     argv = celery_worker(args.queues, main)

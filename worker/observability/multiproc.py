@@ -2,7 +2,10 @@
 
 Each pool process writes its samples to memory-mapped files in one folder; the main process
 reads them all when ``/metrics`` is asked. The folder is per worker (its main pid), so two
-workers sharing a data_dir never read each other's files, and it starts empty.
+workers sharing a data_dir never read each other's files, and it starts empty. ``haul worker``
+with watches makes the folder itself (its own pid) and hands it to both of its Celery workers
+through ``PROMETHEUS_MULTIPROC_DIR``: the watch worker writes there too, and the main worker
+serves both (``Settings.metrics_dir_given``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from worker.settings import METRICS_DIR_ENV
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+ENV: Final = METRICS_DIR_ENV
 _PID_IN_NAME = re.compile(r"_(\d+)\.db$")
 
 

@@ -79,7 +79,10 @@ class Settings(_Strict):
     #: nodes of ``stream-node-max-entries`` (100) entries, so a cap under 100 keeps about 100
     events_maxlen: Annotated[int, Field(ge=1)] = 100_000
     default_store: str = "default"
-    broker_visibility_timeout_s: Annotated[int, Field(ge=10)] = 300
+    #: any whole second (contract section 7 sets no floor): one shorter than the longest task
+    #: hands a running task's message to a second worker, which waits on the execution's
+    #: lease (docs/operating.md), so a short one costs waiting, never a double run
+    broker_visibility_timeout_s: Annotated[int, Field(ge=1)] = 300
     allow_private_addresses: bool = False
 
     stores: dict[str, StoreConfig] = Field(default_factory=dict)

@@ -53,6 +53,16 @@ store = "lake"
     assert s.store_for_project("proj-42", "default") == "default"
 
 
+def test_a_short_visibility_timeout_starts_the_worker() -> None:
+    """No floor above one second (a fast-failover test's 5 s is fine); kombu's restore scan
+    follows it (tasks/config.py)."""
+    from tasks.config import celery_config
+
+    s = load_settings({"HAUL_BROKER_VISIBILITY_TIMEOUT_S": "5"})
+    options = celery_config(s)["broker_transport_options"]
+    assert options["visibility_timeout"] == 5 and options["unacked_restore_interval"] == 1
+
+
 def test_events_maxlen_takes_any_positive_cap() -> None:
     """The contract makes the cap configurable without a floor: a small one (a test's, an
     edge box's) starts the worker; Redis then trims approximately (docs/operating.md)."""
@@ -65,7 +75,7 @@ def test_events_maxlen_takes_any_positive_cap() -> None:
     ("env", "key"),
     [
         ({"HAUL_EVENTS_MAXLEN": "lots"}, "events_maxlen"),
-        ({"HAUL_BROKER_VISIBILITY_TIMEOUT_S": "1"}, "broker_visibility_timeout_s"),
+        ({"HAUL_BROKER_VISIBILITY_TIMEOUT_S": "0"}, "broker_visibility_timeout_s"),
         ({"HAUL_DEFAULT_STORE": "nowhere"}, "default_store"),
         ({"HAUL_STORES__LAKE__TYPE": "s3"}, "stores.lake.bucket"),
         ({"HAUL_STORES__LAKE__TYPE": "ftp"}, "stores.lake"),

@@ -133,7 +133,7 @@ class InputRecorder:
             seconds=round(result.seconds, 3),
             source=SourceInfo(
                 etag=result.info.etag,
-                version=result.info.version,
+                version=result.info.shown_version,
                 last_modified=result.info.last_modified,
                 checksum=result.info.checksum_note or None,
             ),

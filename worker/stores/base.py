@@ -44,6 +44,15 @@ class ObjectInfo:
     ranges: bool = True
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
+    @property
+    def shown_version(self) -> str | None:
+        """The version events name: the store's version id where it keeps one (S3
+        VersionId, Azure versionId; GCS's generation is already the pin), otherwise the
+        pin token without an ETag's quotes (Azure pins with the quoted ETag)."""
+        if self.extra.get("version_id"):
+            return self.extra["version_id"]
+        return self.version.strip('"') if self.version else None
+
 
 class ByteStream(Protocol):
     """A body being read: ``readinto`` returns 0 at the end. Callers check the byte count."""

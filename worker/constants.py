@@ -61,6 +61,7 @@ KEY_WATCH_STOP: Final = "haul:watch:stop"  # :<execution> -> set when store_outp
 KEY_WATCH_ACTIVE: Final = "haul:watch:active"  # :<execution> -> set while a watch may run
 KEY_WATCH_ROUND: Final = "haul:watch:round"  # :<execution> -> task id of the current round
 KEY_WATCH_STARTED: Final = "haul:watch:started"  # :<execution> -> epoch s of the first round
+KEY_WATCH_SEEN: Final = "haul:watch:seen"  # :<execution> -> set once its folder existed
 KEY_WATCH_STORED: Final = "haul:watch:stored"  # :<execution> -> rel path -> live record
 KEY_WATCH_FILE_LOCK: Final = "haul:watch:file"  # :<execution>:<path digest> -> lock
 

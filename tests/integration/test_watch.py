@@ -170,6 +170,25 @@ def test_watch_ends_when_the_execution_folder_goes(watch_haul: Haul) -> None:
     }
 
 
+def test_a_watch_sent_before_its_execution_folder_exists_waits_for_it(
+    watch_haul: Haul,
+) -> None:
+    """The watch may run before prepare_inputs made the folder (other queues): it waits
+    across rounds, stores what becomes done once the folder is there, and ends only when
+    that folder, once seen, is removed."""
+    haul, eid = watch_haul, new_id()
+    haul.send("haul.watch_outputs", _msg(eid))
+    _wait(lambda: haul.r.exists(f"haul:watch:active:{eid}"), 20, "the watch never started")
+    first = haul.r.get(f"haul:watch:round:{eid}")
+    _wait(lambda: haul.r.get(f"haul:watch:round:{eid}") != first, 20, "no second round")
+    assert _round_result(haul, eid) is None  # still watching, in its second 1 s round
+    _done(haul.exec_dir(eid) / "outputs" / "late.bin", b"late")
+    _wait(lambda: _stored(haul, eid, "late.bin"), 20, "late.bin never stored")
+    shutil.rmtree(haul.exec_dir(eid))
+    ended = _wait(lambda: _round_result(haul, eid), 20, "the watch did not end")
+    assert ended["reason"] == "the execution folder is gone", ended
+
+
 def test_watch_ends_by_itself_after_watch_max_s(redis_private: RedisServer, tmp_path: Path) -> None:
     """``watch_max_s`` counts from the first round across the chain of rounds; a file made
     read-only after the end waits for ``store_outputs``, which counts both."""

@@ -23,8 +23,10 @@ so a redelivered old round finds itself superseded and ends.
 **Ending.** ``store_outputs`` sets a stop key when it begins, and each file is stored under a
 per-file lock, so a file is never sent twice by the two; the watch ends within
 :data:`POLL_S`. It also ends when ``watch_max_s`` has passed since its first round, or when the
-execution folder is gone (an execution folder that does not exist when the watch starts
-counts as gone). A watch holds only its own lease (``haul.watch_outputs:<execution>``), never
+execution folder is gone (an execution folder that does not exist yet when the watch starts
+is waited for: an orchestrator may send the watch before ``prepare_inputs`` has made it, and
+the two run on different queues; only a folder that a round has seen, then misses, is gone).
+A watch holds only its own lease (``haul.watch_outputs:<execution>``), never
 one that delays ``store_outputs``.
 """
 
@@ -66,11 +68,17 @@ class _Watch:
     job: OutputsJob
     store: Store
     stored: int = 0
+    #: the execution folder existed at some round (kept in Redis across rounds)
+    seen: bool = False
 
     def ended(self, exec_dir: Path, started: float) -> str | None:
         if self.live.stopped():
             return "store_outputs began"
-        if not exec_dir.is_dir():
+        if exec_dir.is_dir():
+            if not self.seen:
+                self.live.saw_folder()
+                self.seen = True
+        elif self.seen:
             return "the execution folder is gone"
         if time.time() - started >= self.runtime.settings.watch_max_s:
             return "watch_max_s reached"
@@ -170,7 +178,8 @@ def _round(
         runtime,
         StoreOutputs(execution_id=msg.execution_id, project_id=msg.project_id, store=msg.store),
     )
-    watch = _Watch(runtime, msg, live, job, runtime.sources.store(job.store_name))
+    store = runtime.sources.store(job.store_name)
+    watch = _Watch(runtime, msg, live, job, store, seen=live.folder_seen())
     round_ends = time.monotonic() + runtime.settings.watch_round_s
     notifier: Notifier | None = None
     try:

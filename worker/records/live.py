@@ -15,7 +15,8 @@
   same file without reading it again.
 * ``haul:watch:round:<execution>``: the task id of the watch round allowed to run, and
   ``haul:watch:started:<execution>``: when the first round began (``watch_max_s`` counts
-  from there). See :mod:`worker.pipeline.watch` for the rounds.
+  from there); ``haul:watch:seen:<execution>``: a round has seen the execution folder, so its
+  absence now means it was removed. See :mod:`worker.pipeline.watch` for the rounds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from worker.constants import (
     KEY_WATCH_ACTIVE,
     KEY_WATCH_FILE_LOCK,
     KEY_WATCH_ROUND,
+    KEY_WATCH_SEEN,
     KEY_WATCH_STARTED,
     KEY_WATCH_STOP,
     KEY_WATCH_STORED,
@@ -133,6 +135,13 @@ class LiveFiles:
         pipe.get(self._key(KEY_WATCH_STARTED))
         raw = pipe.execute()[-1]
         return float(raw)
+
+    def folder_seen(self) -> bool:
+        """A round of this watch has seen the execution folder (so its absence means gone)."""
+        return bool(self.client.exists(self._key(KEY_WATCH_SEEN)))
+
+    def saw_folder(self) -> None:
+        self.client.set(self._key(KEY_WATCH_SEEN), "1", ex=_TTL_S)
 
     def watch_alive(self) -> bool:
         """A watch round holds its lease (a heartbeat) right now."""

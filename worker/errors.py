@@ -102,8 +102,8 @@ class MissingExtra(SourceError):
 
     def __init__(self, store_type: str, extra: str, module: str) -> None:
         super().__init__(
-            f"the {store_type} store needs the optional dependency {module!r}: "
-            f"pip install 'haul-worker[{extra}]'"
+            f"the {store_type} store needs {module!r}, which a plain install of haul brings; "
+            f"this environment lacks it (pip install 'haul-worker[{extra}]' puts it back)"
         )
 
 

@@ -570,7 +570,7 @@ class Demo:
         s = self.screen
         s.title("The dashboard (haul web)")
         if importlib.util.find_spec("fastapi") is None:
-            s.para("haul web is not installed here (pip install 'haul-worker[web]'); skipped.")
+            s.para("haul web's dependencies are missing here (pip install 'haul-worker'); skipped.")
             return
         host, _, port_text = self.settings.web_bind.rpartition(":")
         port = int(port_text) if host in {"127.0.0.1", "localhost"} and _free(int(port_text)) else 0

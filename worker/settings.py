@@ -230,10 +230,27 @@ def _valid_name(name: str) -> bool:
     return re.fullmatch(_NAME, name) is not None
 
 
+#: the variables Kubernetes puts in every pod for each Service of its namespace (Docker's
+#: links the same), here for Services named ``haul-*`` such as the shipped ``haul-web``:
+#: ``HAUL_WEB_SERVICE_HOST``, ``HAUL_WEB_PORT=tcp://...``, ``HAUL_WEB_PORT_8750_TCP_ADDR``...
+_SERVICE_LINK = (
+    r"^HAUL_[A-Z0-9_]+?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
+)
+
+
+def _is_service_link(key: str) -> bool:
+    """A Service's variable, not a setting: no setting has such a name, and refusing them
+    would stop every worker in a namespace that has a ``haul-*`` Service."""
+    import re
+
+    return "__" not in key and re.fullmatch(_SERVICE_LINK, key) is not None
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or _is_service_link(key):
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if not parts:

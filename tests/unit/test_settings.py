@@ -148,3 +148,22 @@ def test_a_given_metrics_folder_must_be_a_folder(tmp_path: Path) -> None:
     assert given.metrics_dir_given == tmp_path
     with pytest.raises(ConfigError, match=r"PROMETHEUS_MULTIPROC_DIR: .*nope is not a directory"):
         load_settings({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "nope")})
+
+
+def test_kubernetes_service_variables_are_not_settings() -> None:
+    """A namespace with a ``haul-web`` Service (deploy/kubernetes/web.yaml) puts its service
+    link variables in every pod; the worker still starts. A misspelt setting still fails."""
+    links = {
+        "HAUL_WEB_SERVICE_HOST": "10.0.0.7",
+        "HAUL_WEB_SERVICE_PORT": "8750",
+        "HAUL_WEB_SERVICE_PORT_HTTP": "8750",
+        "HAUL_WEB_PORT": "tcp://10.0.0.7:8750",
+        "HAUL_WEB_PORT_8750_TCP": "tcp://10.0.0.7:8750",
+        "HAUL_WEB_PORT_8750_TCP_PROTO": "tcp",
+        "HAUL_WEB_PORT_8750_TCP_PORT": "8750",
+        "HAUL_WEB_PORT_8750_TCP_ADDR": "10.0.0.7",
+        "HAUL_WORKER_METRICS_SERVICE_HOST": "10.0.0.8",
+    }
+    assert load_settings(links).web_bind == "127.0.0.1:8750"
+    with pytest.raises(ConfigError, match="web_bnd"):
+        load_settings({**links, "HAUL_WEB_BND": "0.0.0.0:8750"})

@@ -16,20 +16,14 @@ import socket
 
 from pydantic import SecretStr
 
+from worker.binds import split_bind
+
 COOKIE = "haul_session"
 _SESSION_CONTEXT = b"haul-web-session-v1"
 
 
 class BindRefused(ValueError):
     """``web_bind`` is not a loopback address and no token is set."""
-
-
-def split_bind(bind: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8750`` for IPv6) to its parts; raise ValueError naming the key."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"web_bind: expected host:port, got {bind!r}")
-    return host.strip("[]"), int(port)
 
 
 def is_loopback(host: str) -> bool:
@@ -42,7 +36,10 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(bind: str, token: SecretStr | None) -> tuple[str, int]:
-    host, port = split_bind(bind)
+    try:
+        host, port = split_bind(bind)
+    except ValueError as exc:
+        raise ValueError(f"web_bind: {exc}") from None
     if token is None and not is_loopback(host):
         raise BindRefused(
             f"web_bind: {host} is not a loopback address; set HAUL_WEB_TOKEN to serve the "

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker.binds import split_bind
 from worker.errors import ConfigError
 from worker.stores import registry
 from worker.stores.local import LocalStoreConfig
@@ -166,9 +167,16 @@ class Settings(_Strict):
     @classmethod
     def _check_metrics_bind(cls, value: str) -> str:
         if value:
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or int(port) > 65535:
-                raise ValueError(f"{value!r} is not host:port (or empty to turn it off)")
+            try:
+                split_bind(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (or empty to turn it off)") from None
+        return value
+
+    @field_validator("web_bind")
+    @classmethod
+    def _check_web_bind(cls, value: str) -> str:
+        split_bind(value)
         return value
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from worker.binds import split_bind
 from worker.errors import ConfigError
 from worker.observability import multiproc
 from worker.observability.health import Health
@@ -36,14 +37,6 @@ class _Server6(_Server):
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Prometheus scrapes every few seconds: no access line for each."""
-
-
-def split_bind(bind: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); raise ValueError when malformed."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ValueError(f"{bind!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 class _HealthCollector:

@@ -30,6 +30,9 @@ from dashboard.projector import STATUSES
 from dashboard.queries import BadCursor, NotFound, Queries
 from dashboard.render import register_filters
 
+#: the most items one listing page holds (the contract sets no cap; one is kept for the database)
+MAX_PAGE = 200
+
 _HERE = Path(__file__).parent
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -170,12 +173,16 @@ def create_app(ctx: WebContext) -> FastAPI:
         project: str | None = None,
         status: v.Status | None = None,
         warnings: bool | None = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        limit: Annotated[
+            int, Query(ge=1, description=f"items per page; above {MAX_PAGE}, {MAX_PAGE}")
+        ] = 50,
         cursor: str | None = None,
     ) -> Any:
+        # A larger limit is a shorter page, not an error: `next` goes on from there.
+        page = min(limit, MAX_PAGE)
         try:
             return q.executions(
-                _clean(project, "project"), status, warnings, limit, _clean(cursor, "cursor")
+                _clean(project, "project"), status, warnings, page, _clean(cursor, "cursor")
             )
         except (BadCursor, BadRequest) as exc:
             return api_error(400, "bad_request", str(exc))

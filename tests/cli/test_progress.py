@@ -63,8 +63,10 @@ def _in_pty(cmd: list[str], env: dict[str, str], timeout_s: float = 90) -> tuple
 
 
 def _fetch_env(tmp_path: Path) -> dict[str, str]:
+    # Wide enough for a bar labelled with a long tmp path (pytest-xdist adds popen-gw<N>/):
+    # in 120 columns rich wrapped "3.1/3.1 MB" onto two lines.
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAUL_")}
-    return {**env, **ENV, "HAUL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "120"}
+    return {**env, **ENV, "HAUL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "240"}
 
 
 def test_fetch_on_a_terminal_draws_a_bar_per_large_file_and_a_total(
@@ -116,7 +118,7 @@ def test_submit_wait_on_a_terminal_shows_the_execution_progress(
     worker = {**ENV, "HAUL_PROGRESS_INTERVAL_S": "0.2"}
     execution = f"exec-{uuid.uuid4().hex[:8]}"
     with start_worker(url, data_dir, worker):
-        env = {**worker_env(url, data_dir, ENV), "COLUMNS": "120"}
+        env = {**worker_env(url, data_dir, ENV), "COLUMNS": "240"}
         cmd = haul_cmd(
             "submit", "inputs", "--execution", execution, "--project", "p",
             "--input", f"x={www.url('/big.bin')}", "--wait", "--timeout", "60",

@@ -3,7 +3,7 @@
 #   make venv       .venv with haul and its test tools (pip install -e '.[dev]'; quiet, idempotent)
 #   make demo       haul's main job once on a sample dataset (installs redis-server if needed)
 #   make test-deps  the real servers the tests run against (scripts/install-test-deps.sh)
-#   make test       venv + test-deps + the whole test suite
+#   make test       venv + test-deps + the whole test suite (3 pytest processes)
 #   make lint       ruff check, ruff format --check, mypy
 
 SHELL := /bin/bash
@@ -56,8 +56,13 @@ demo: venv redis-server
 test-deps:
 	@bash scripts/install-test-deps.sh
 
+# Three test processes on this 2-core machine: the suite spends about half its time waiting
+# on workers, servers and timeouts (0.54 cores busy alone). Whole files per process
+# (--dist loadfile) keep each module's servers and workers in one place. 10 min -> 5.5 min.
+TEST_PROCESSES ?= 3
+
 test: venv test-deps
-	@$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check .

@@ -239,10 +239,10 @@ def _valid_name(name: str) -> bool:
 
 
 #: the variables Kubernetes puts in every pod for each Service of its namespace (Docker's
-#: links the same), here for Services named ``haul-*`` such as the shipped ``haul-web``:
-#: ``HAUL_WEB_SERVICE_HOST``, ``HAUL_WEB_PORT=tcp://...``, ``HAUL_WEB_PORT_8750_TCP_ADDR``...
+#: links the same), here for a Service named ``haul`` or ``haul-*`` such as the shipped
+#: ``haul-web``: ``HAUL_WEB_SERVICE_HOST``, ``HAUL_WEB_PORT=tcp://...``, ``HAUL_PORT``...
 _SERVICE_LINK = (
-    r"^HAUL_[A-Z0-9_]+?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"^HAUL_([A-Z0-9_]+_)?(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
     r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
 )
 

@@ -163,6 +163,9 @@ def test_kubernetes_service_variables_are_not_settings() -> None:
         "HAUL_WEB_PORT_8750_TCP_PORT": "8750",
         "HAUL_WEB_PORT_8750_TCP_ADDR": "10.0.0.7",
         "HAUL_WORKER_METRICS_SERVICE_HOST": "10.0.0.8",
+        "HAUL_SERVICE_HOST": "10.0.0.9",  # a Service named plain "haul"
+        "HAUL_PORT": "tcp://10.0.0.9:80",
+        "HAUL_PORT_80_TCP_ADDR": "10.0.0.9",
     }
     assert load_settings(links).web_bind == "127.0.0.1:8750"
     with pytest.raises(ConfigError, match="web_bnd"):
